@@ -1,0 +1,48 @@
+//! Portico's host: a TCP server whose every connection is served by a
+//! fresh, sandboxed instance of a WebAssembly plugin component.
+//!
+//! # Layout
+//!
+//! A connection flows accept → instantiate → run → close:
+//!
+//! - [`cli`]: the flags, with their defaults.
+//! - [`plugin`]: reads, compiles and validates the plugin once, and keeps it
+//!   pre-instantiated.
+//! - [`server`]: the accept loop, one task per connection, shutdown.
+//! - [`sandbox`]: the engine's settings and, per connection, a store with
+//!   its own WASI context in which `run` is called.
+//! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
+//! - [`stdio`]: a plugin's stdout and stderr, as log lines.
+//! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`.
+
+pub mod bindings;
+pub mod cli;
+pub mod plugin;
+pub mod sandbox;
+pub mod server;
+pub mod socket;
+pub mod stdio;
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use tracing_subscriber::EnvFilter;
+
+/// Sends log lines to stderr, filtered by `PORTICO_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Runs the host until SIGINT or SIGTERM: loads the plugin, listens, serves.
+pub fn run(args: cli::Args) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server::run(args))
+}

@@ -1,0 +1,94 @@
+//! Loading a plugin: read, compile and validate it once at start, and keep
+//! it pre-instantiated so each connection only pays for instantiation.
+//!
+//! Every way a plugin file can be wrong ends here, before the host listens,
+//! as one error that names the file and the problem.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+use wasmtime::error::Context;
+use wasmtime::{Engine, Result, bail};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+
+use crate::bindings::HandlerPre;
+use crate::sandbox::ConnState;
+
+/// A plugin compiled, checked against the `portico:plugin/handler` world
+/// and linked against the host's imports, ready to instantiate.
+pub struct Plugin {
+    pub(crate) pre: HandlerPre<ConnState>,
+    /// The settings from `--config`, shared by every instance.
+    pub(crate) config: Arc<WasiConfigVariables>,
+}
+
+/// The first bytes of any WebAssembly binary.
+const WASM_MAGIC: &[u8] = b"\0asm";
+/// The version field that follows the magic in a core module; components
+/// carry a different one.
+const CORE_MODULE_VERSION: &[u8] = &[1, 0, 0, 0];
+
+impl Plugin {
+    /// Loads the plugin at `path`, with `config` as its settings.
+    pub fn load(engine: &Engine, path: &Path, config: WasiConfigVariables) -> Result<Self> {
+        let name = path.display();
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {name}"))?;
+        if !bytes.starts_with(WASM_MAGIC) {
+            bail!("plugin {name} is not a WebAssembly file");
+        }
+        if bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
+            bail!(
+                "plugin {name} is a core WebAssembly module, not a component: \
+                 build it for the wasm32-wasip2 target"
+            );
+        }
+        let component = Component::new(engine, &bytes)
+            .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
+        check_exports_run(engine, &component).with_context(|| format!("plugin {name}"))?;
+
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
+            WasiConfig::from(&*state.config)
+        })?;
+        let instance_pre = linker.instantiate_pre(&component).with_context(|| {
+            format!("plugin {name} imports something this host does not provide")
+        })?;
+        let pre = HandlerPre::new(instance_pre).with_context(|| {
+            format!("plugin {name} does not match the portico:plugin/handler world")
+        })?;
+        Ok(Self {
+            pre,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Checks that the component exports a `run` function, naming what it
+/// exports instead if it does not.
+fn check_exports_run(engine: &Engine, component: &Component) -> Result<()> {
+    let component_type = component.component_type();
+    match component_type
+        .get_export(engine, "run")
+        .map(|export| export.ty)
+    {
+        Some(ComponentItem::ComponentFunc(_)) => Ok(()),
+        Some(_) => bail!("its export `run` is not a function"),
+        None => {
+            let names: Vec<_> = component_type
+                .exports(engine)
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            let found = match names.is_empty() {
+                true => "nothing".to_string(),
+                false => names.join(", "),
+            };
+            bail!(
+                "it does not export `run` from the portico:plugin/handler world \
+                 (it exports {found}); is it built with portico-guest-sdk's `export!`?"
+            )
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The client socket as the `wasi:io/streams` a plugin's `run` borrows.
+//!
+//! These stream types sit directly on tokio's readiness API (`readable` and
+//! `try_read`, `writable` and `try_write`): no task per stream, no buffer
+//! beyond what one read or one pending write needs. wasmtime-wasi's generic
+//! `AsyncReadStream`/`AsyncWriteStream` spawn a task per stream and
+//! allocate 64 KiB per read, which a per-connection server cannot afford.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
+
+/// Most bytes handed to the plugin by one read, whatever size it asks for.
+const MAX_READ_BYTES: usize = 64 * 1024;
+
+/// Most bytes the host holds for a client that is not reading: one write's
+/// worth. A plugin may not write again until they have reached the socket.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024;
+
+/// One accepted connection, shared by its two streams and the host task
+/// that serves it.
+pub struct Socket {
+    tcp: TcpStream,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Arc<Self> {
+        Arc::new(Self {
+            tcp,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Bytes received from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent to the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.tcp.try_write(bytes)?;
+        self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        Ok(written)
+    }
+}
+
+/// Whether an I/O error means the client is gone, which a plugin sees as
+/// the stream being closed rather than as a failure.
+fn is_disconnect(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+    )
+}
+
+fn stream_error(error: io::Error) -> StreamError {
+    if is_disconnect(&error) {
+        StreamError::Closed
+    } else {
+        StreamError::LastOperationFailed(error.into())
+    }
+}
+
+/// The `input-stream` a plugin reads the client's bytes from.
+pub struct SocketInput {
+    socket: Arc<Socket>,
+    closed: bool,
+}
+
+impl SocketInput {
+    pub fn new(socket: Arc<Socket>) -> Self {
+        Self {
+            socket,
+            closed: false,
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for SocketInput {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        let size = size.min(MAX_READ_BYTES);
+        // Uninitialised capacity: tokio reads into it without zeroing first.
+        let mut chunk = BytesMut::with_capacity(size);
+        match self.socket.tcp.try_read_buf(&mut chunk) {
+            Ok(0) if size > 0 => {
+                self.closed = true;
+                Err(StreamError::Closed)
+            }
+            Ok(n) => {
+                self.socket.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(chunk.freeze())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+            Err(error) => {
+                self.closed = true;
+                Err(stream_error(error))
+            }
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SocketInput {
+    async fn ready(&mut self) {
+        if !self.closed {
+            // An error here shows up again on the next read, which reports it.
+            let _ = self.socket.tcp.readable().await;
+        }
+    }
+}
+
+/// The `output-stream` a plugin writes to the client with.
+///
+/// A write goes straight to the socket; what the socket does not take at
+/// once is kept (at most [`MAX_PENDING_BYTES`]) and `check-write` grants
+/// nothing more until it has been sent. So a client that stops reading
+/// holds the plugin up through flow control and never grows the host's
+/// memory.
+pub struct SocketOutput {
+    socket: Arc<Socket>,
+    pending: Bytes,
+    closed: bool,
+}
+
+impl SocketOutput {
+    pub fn new(socket: Arc<Socket>) -> Self {
+        Self {
+            socket,
+            pending: Bytes::new(),
+            closed: false,
+        }
+    }
+
+    /// Sends as much of the pending bytes as the socket takes now.
+    fn send_pending(&mut self) -> StreamResult<()> {
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        while !self.pending.is_empty() {
+            match self.socket.try_write(&self.pending) {
+                Ok(n) => self.pending.advance(n),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    self.closed = true;
+                    self.pending.clear();
+                    return Err(stream_error(error));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for SocketOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if !self.pending.is_empty() || bytes.len() > MAX_PENDING_BYTES {
+            return Err(StreamError::trap(
+                "write exceeded the permit from check-write",
+            ));
+        }
+        self.pending = bytes;
+        self.send_pending()
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.send_pending()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.send_pending()?;
+        Ok(if self.pending.is_empty() {
+            MAX_PENDING_BYTES
+        } else {
+            0
+        })
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SocketOutput {
+    async fn ready(&mut self) {
+        while !self.closed && !self.pending.is_empty() {
+            if self.socket.tcp.writable().await.is_err() {
+                return;
+            }
+            // An error closes the stream, which the next call reports.
+            let _ = self.send_pending();
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! http-hello: a minimal HTTP/1.1 server, to show that a plugin can speak a
+//! real protocol over its one connection.
+//!
+//! `GET /` answers with a small page; any other path is 404, any other
+//! method 405. Connections stay open for further requests (HTTP/1.1
+//! keep-alive) until the client asks to close or stays quiet for
+//! [`IDLE_TIMEOUT`]. A request that does not parse gets 400 and the
+//! connection is closed.
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use portico_guest_sdk::{Connection, Handler, Input};
+
+/// How long an open connection may wait for its next request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (request line and headers) accepted.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body accepted (and ignored).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+const PAGE: &str = "<!doctype html>\n<title>Portico</title>\n<h1>Hello from Portico</h1>\n<p>Served by a fresh WebAssembly instance for this connection.</p>\n";
+
+struct HttpHello;
+
+/// The parts of a request this server acts on.
+struct Request {
+    method: String,
+    path: String,
+    keep_alive: bool,
+    body_len: usize,
+}
+
+impl Handler for HttpHello {
+    fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
+        conn.set_read_timeout(Some(IDLE_TIMEOUT));
+        let (input, output) = conn.split();
+        let mut received = Vec::with_capacity(4096);
+        loop {
+            let request = match next_request(input, &mut received) {
+                Ok(Some(request)) => request,
+                Ok(None) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                    return respond(output, "400 Bad Request", "bad request\n", false);
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if request.body_len > MAX_BODY_BYTES {
+                return respond(output, "413 Content Too Large", "body too large\n", false);
+            }
+            skip_body(input, &mut received, request.body_len)?;
+            match (request.method.as_str(), request.path.as_str()) {
+                ("GET", "/") => respond(output, "200 OK", PAGE, request.keep_alive)?,
+                ("GET", _) => respond(output, "404 Not Found", "not found\n", request.keep_alive)?,
+                _ => respond(
+                    output,
+                    "405 Method Not Allowed",
+                    "only GET\n",
+                    request.keep_alive,
+                )?,
+            }
+            if !request.keep_alive {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads until `received` holds a whole request head, then parses and
+/// removes it. `None` means the client closed between requests; a head
+/// that cannot be parsed is an `InvalidData` error.
+fn next_request(input: &mut Input, received: &mut Vec<u8>) -> io::Result<Option<Request>> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(received) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let header = |name: &str| {
+                    parsed
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+                };
+                if header("transfer-encoding").is_some() {
+                    return Err(invalid("chunked bodies are not supported"));
+                }
+                let body_len = match header("content-length") {
+                    Some(len) => len.parse().map_err(|_| invalid("bad content-length"))?,
+                    None => 0,
+                };
+                let keep_alive = match (parsed.version, header("connection").as_deref()) {
+                    (_, Some("close")) => false,
+                    (Some(0), connection) => connection == Some("keep-alive"),
+                    _ => true,
+                };
+                let request = Request {
+                    method: parsed.method.unwrap_or_default().to_string(),
+                    path: parsed.path.unwrap_or_default().to_string(),
+                    keep_alive,
+                    body_len,
+                };
+                received.drain(..head_len);
+                return Ok(Some(request));
+            }
+            Ok(httparse::Status::Partial) if received.len() <= MAX_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) => return Err(invalid("request head too large")),
+            Err(error) => return Err(invalid(&error.to_string())),
+        }
+        if read_more(input, received)? == 0 {
+            return match received.is_empty() {
+                true => Ok(None),
+                false => Err(invalid("connection closed inside a request")),
+            };
+        }
+    }
+}
+
+/// Discards a request body of `len` bytes, part of which may already be in
+/// `received`.
+fn skip_body(input: &mut Input, received: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    while received.len() < len {
+        if read_more(input, received)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    received.drain(..len);
+    Ok(())
+}
+
+fn read_more(input: &mut Input, received: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0; 4096];
+    let n = input.read(&mut chunk)?;
+    received.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn respond(
+    output: &mut impl Write,
+    status: &str,
+    body: &str,
+    keep_alive: bool,
+) -> portico_guest_sdk::Result {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+        body.len()
+    );
+    output.write_all(response.as_bytes())?;
+    output.flush()?;
+    Ok(())
+}
+
+portico_guest_sdk::export!(HttpHello);

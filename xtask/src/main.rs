@@ -1,0 +1,122 @@
+//! Project tasks, so that a fresh clone needs nothing but cargo and rustup:
+//!
+//! - `cargo xtask run [HOST FLAGS...]`: set up, build the plugins, and run
+//!   the host with the echo plugin (extra flags go to the host).
+//! - `cargo xtask test [CARGO TEST ARGS...]`: set up, build the plugins
+//!   (examples and test plugins), and run every test.
+//! - `cargo xtask plugins`: set up and build the plugins only.
+//!
+//! "Set up" means installing the `wasm32-wasip2` target with rustup.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// The target plugins are built for.
+const PLUGIN_TARGET: &str = "wasm32-wasip2";
+/// Folders whose every sub-folder is a plugin crate named after it.
+const PLUGIN_DIRS: &[&str] = &["plugins", "tests/plugins"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match task {
+        "run" => build_plugins().and_then(|dir| run_host(&dir, rest)),
+        "test" => build_plugins().and_then(|dir| run_tests(&dir, rest)),
+        "plugins" => build_plugins().map(|dir| println!("plugins built in {}", dir.display())),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | plugins>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Installs the plugin target, builds every plugin crate for it, and
+/// returns the folder holding the `.wasm` files.
+fn build_plugins() -> Result<PathBuf> {
+    let root = workspace_root();
+    run(Command::new("rustup").args(["target", "add", PLUGIN_TARGET]))?;
+
+    let mut build = Command::new(cargo());
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "--target", PLUGIN_TARGET]);
+    for dir in PLUGIN_DIRS {
+        for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
+            let path = entry?.path();
+            if path.join("Cargo.toml").is_file() {
+                if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
+                    build.args(["--package", name]);
+                }
+            }
+        }
+    }
+    run(&mut build)?;
+    Ok(target_dir(&root).join(PLUGIN_TARGET).join("release"))
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn run_host(plugin_dir: &Path, host_args: &[String]) -> Result<()> {
+    let echo = plugin_dir.join("echo.wasm");
+    run(Command::new(cargo())
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "portico-host",
+            "--bin",
+            "host",
+            "--",
+        ])
+        .arg("--plugin")
+        .arg(echo)
+        .args(host_args))
+}
+
+fn run_tests(plugin_dir: &Path, test_args: &[String]) -> Result<()> {
+    run(Command::new(cargo())
+        .current_dir(workspace_root())
+        .env("PORTICO_PLUGIN_DIR", plugin_dir)
+        .args(["test", "--workspace"])
+        .args(test_args))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
