@@ -31,7 +31,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// discarding what the client still sends. Closing a socket with unread
 /// input makes the kernel send a reset, which can destroy the last response
 /// before the client reads it.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of file descriptors, say), so that the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -142,14 +142,17 @@ async fn serve_connection(plugin: Arc<Plugin>, tcp: TcpStream, peer: SocketAddr,
         Outcome::Failed(message) => warn!(
             conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", error = %message, "closed"
         ),
-        Outcome::Trapped(error) => warn!(
-            conn = id,
-            elapsed_ms,
-            bytes_in,
-            bytes_out,
-            outcome = "trap",
-            "closed: {error:?}"
-        ),
+        Outcome::Trapped(error) => {
+            // The wasm backtrace (several lines) goes last, after the fields.
+            let backtrace = error
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map(|backtrace| format!("\n{backtrace}"))
+                .unwrap_or_default();
+            warn!(
+                conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+                error = %error.root_cause(), wasm_backtrace = backtrace, "closed"
+            )
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -27,6 +27,8 @@ pub struct Socket {
     tcp: TcpStream,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// The client has finished sending (end-of-file or reset was read).
+    input_ended: AtomicBool,
 }
 
 impl Socket {
@@ -35,6 +37,7 @@ impl Socket {
             tcp,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            input_ended: AtomicBool::new(false),
         })
     }
 
@@ -50,6 +53,11 @@ impl Socket {
     /// Bytes sent to the client so far.
     pub fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has finished sending.
+    pub fn input_ended(&self) -> bool {
+        self.input_ended.load(Ordering::Relaxed)
     }
 
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
@@ -106,6 +114,7 @@ impl InputStream for SocketInput {
         match self.socket.tcp.try_read_buf(&mut chunk) {
             Ok(0) if size > 0 => {
                 self.closed = true;
+                self.socket.input_ended.store(true, Ordering::Relaxed);
                 Err(StreamError::Closed)
             }
             Ok(n) => {
@@ -115,6 +124,7 @@ impl InputStream for SocketInput {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
             Err(error) => {
                 self.closed = true;
+                self.socket.input_ended.store(true, Ordering::Relaxed);
                 Err(stream_error(error))
             }
         }

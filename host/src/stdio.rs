@@ -85,6 +85,10 @@ impl LineLogger {
     fn emit(&mut self, cut: bool) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
+        if text.trim().is_empty() {
+            self.line.clear();
+            return;
+        }
         let marker = if cut { " [line cut]" } else { "" };
         tracing::info!(target: "plugin", conn = self.log.conn, stream = self.log.stream, "{text}{marker}");
         self.line.clear();

@@ -64,10 +64,9 @@ fn build_plugins() -> Result<PathBuf> {
     for dir in PLUGIN_DIRS {
         for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
             let path = entry?.path();
-            if path.join("Cargo.toml").is_file() {
-                if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
-                    build.args(["--package", name]);
-                }
+            let name = path.file_name().and_then(|name| name.to_str());
+            if let (true, Some(name)) = (path.join("Cargo.toml").is_file(), name) {
+                build.args(["--package", name]);
             }
         }
     }

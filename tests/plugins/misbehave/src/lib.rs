@@ -5,7 +5,7 @@
 //! (trap, panic, fail, exit, spin, exhaust memory or stack, flood, spam)
 //! or try what the sandbox forbids and report the outcome to the client.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::time::Duration;
 
 use portico_guest_sdk::{Connection, Handler};
@@ -27,12 +27,16 @@ impl Handler for Misbehave {
                 writeln!(output, "ok")?;
                 io::copy(&mut input, output)?;
             }
-            "trap" => core::arch::wasm32::unreachable(),
+            "trap" => trap(),
             "panic" => panic!("asked to panic"),
             "error" => return Err("asked to fail".into()),
             "exit" => std::process::exit(arg.parse().unwrap_or(1)),
             "abort" => std::process::abort(),
             "return" => {}
+            "print" => {
+                println!("{arg} on stdout");
+                eprintln!("{arg} on stderr");
+            }
             "loop" => spin(false),
             "print-loop" => spin(true),
             "alloc" => {
@@ -72,14 +76,21 @@ impl Handler for Misbehave {
                 let args: Vec<_> = std::env::args().collect();
                 writeln!(output, "env={} args={}", vars.len(), args.len())?;
             }
-            "stdin" => {
-                let mut buf = Vec::new();
-                report(output, io::stdin().read_to_end(&mut buf).map(|_| buf))?;
-            }
             other => return Err(format!("unknown command {other:?}").into()),
         }
         Ok(())
     }
+}
+
+/// Executes wasm's `unreachable` instruction.
+#[cfg(target_family = "wasm")]
+fn trap() -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn trap() -> ! {
+    unreachable!("only the wasm build of this plugin is used")
 }
 
 /// Computes for ever, optionally printing now and then.
@@ -87,16 +98,18 @@ fn spin(print: bool) -> ! {
     let mut n: u64 = 0;
     loop {
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1);
-        if print && n % 50_000_000 == 0 {
+        if print && n.is_multiple_of(50_000_000) {
             println!("still spinning");
         }
         std::hint::black_box(n);
     }
 }
 
+/// Recurses until the stack overflows.
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
-    std::hint::black_box(recurse(depth + 1)) + 1
+    let frame = std::hint::black_box([depth; 32]);
+    recurse(frame[31] + 1) + frame[0]
 }
 
 /// Tells the client whether a forbidden operation was `allowed` or `denied`.

@@ -1,0 +1,85 @@
+use std::io::Write;
+use std::net::TcpStream;
+
+use crate::util::{Host, assert_closed, read_line};
+
+/// Opens a connection in echo mode and checks that it echoes.
+fn echo_connection(host: &Host) -> TcpStream {
+    let mut stream = host.connect();
+    stream.write_all(b"echo\n").unwrap();
+    assert_eq!(read_line(&mut stream), "ok\n");
+    assert_still_echoes(&mut stream, "first");
+    stream
+}
+
+fn assert_still_echoes(stream: &mut TcpStream, text: &str) {
+    stream.write_all(format!("{text}\n").as_bytes()).unwrap();
+    assert_eq!(read_line(stream), format!("{text}\n"));
+}
+
+/// Asks a new connection to misbehave with `command`; checks that only it
+/// is closed and that the host logs `expected` about it.
+fn misbehave_alone(command: &str, expected: &[&str]) {
+    let host = Host::start("misbehave", &[]);
+    let mut bystander = echo_connection(&host);
+
+    let mut culprit = host.connect();
+    culprit
+        .write_all(format!("{command}\n").as_bytes())
+        .unwrap();
+    assert_closed(&mut culprit);
+    let mut parts = vec!["closed", "conn=2"];
+    parts.extend_from_slice(expected);
+    host.wait_for_log(&parts);
+
+    assert_still_echoes(&mut bystander, "after");
+    let mut newcomer = echo_connection(&host);
+    assert_still_echoes(&mut newcomer, "newcomer");
+}
+
+/// A trap (`unreachable`) closes only its connection and is logged with
+/// the wasm backtrace.
+#[test]
+fn trap_closes_only_its_connection() {
+    misbehave_alone("trap", &["outcome=\"trap\"", "unreachable"]);
+}
+
+/// A panic closes only its connection; its message reaches the log.
+#[test]
+fn panic_closes_only_its_connection() {
+    misbehave_alone("panic", &["outcome=\"trap\"", "error=wasm trap"]);
+}
+
+/// An error returned from `run` closes only its connection and is logged.
+#[test]
+fn returned_error_closes_only_its_connection() {
+    misbehave_alone("error", &["outcome=\"error\"", "asked to fail"]);
+}
+
+/// `exit(3)` is a failure of that connection only. (WASI 0.2's `exit`
+/// carries only success or failure, so the host sees status 1.)
+#[test]
+fn nonzero_exit_closes_only_its_connection() {
+    misbehave_alone("exit 3", &["outcome=\"error\"", "exited with status 1"]);
+}
+
+/// `exit(0)` is a normal end of the connection.
+#[test]
+fn zero_exit_is_a_normal_end() {
+    let host = Host::start("misbehave", &[]);
+    let mut stream = host.connect();
+    stream.write_all(b"exit 0\n").unwrap();
+    assert_closed(&mut stream);
+    host.wait_for_log(&["closed", "conn=1", "outcome=\"ok\""]);
+}
+
+/// The panic message written to stderr is logged, tagged with the
+/// connection id.
+#[test]
+fn panic_message_reaches_the_log() {
+    let host = Host::start("misbehave", &[]);
+    let mut culprit = host.connect();
+    culprit.write_all(b"panic\n").unwrap();
+    assert_closed(&mut culprit);
+    host.wait_for_log(&["conn=1", "stderr", "asked to panic"]);
+}

@@ -1,0 +1,18 @@
+//! End-to-end tests: each starts the real `host` binary with a real plugin
+//! built from this repository and talks to it over real TCP.
+//!
+//! Run them with `cargo xtask test`, which builds the plugins first.
+
+mod util;
+
+/// Echo: byte-exact at every size, under concurrency, and on half-close
+/// and reset.
+mod echo;
+/// http-hello: a real HTTP client, keep-alive, and garbage.
+mod http;
+/// Misbehaving plugins close only their own connection.
+mod isolation;
+/// What a plugin is and is not granted: config, stdio, files, sockets.
+mod sandbox;
+/// Bad plugin files and bad flags: one error line, exit status 2.
+mod startup;

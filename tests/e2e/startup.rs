@@ -1,0 +1,177 @@
+use std::path::Path;
+use std::process::Output;
+
+use crate::util::{Host, host_command, plugin};
+
+/// Runs the host with `args` and expects it to refuse to start: exit
+/// status 2 and exactly one line on stderr, which contains each of
+/// `expected`.
+fn assert_refused(args: &[&std::ffi::OsStr], expected: &[&str]) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = host_command()
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run the host");
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(2), "exit status; stderr: {stderr}");
+    assert!(
+        stdout.is_empty(),
+        "nothing on stdout: {}",
+        String::from_utf8_lossy(&stdout)
+    );
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error:"), "{stderr}");
+    for part in expected {
+        assert!(lines[0].contains(part), "{part:?} missing from: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn refuse_plugin(path: &Path, expected: &[&str]) {
+    let name = path.display().to_string();
+    let mut parts = vec![name.as_str()];
+    parts.extend_from_slice(expected);
+    assert_refused(&["--plugin".as_ref(), path.as_os_str()], &parts);
+}
+
+/// A scratch file for one test, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str, contents: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("portico-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn missing_plugin_file() {
+    refuse_plugin(
+        Path::new("/nonexistent/echo.wasm"),
+        &["cannot read plugin", "No such file"],
+    );
+}
+
+#[test]
+fn plugin_that_is_not_wasm() {
+    let file = Scratch::new("text.wasm", b"#!/bin/sh\necho hello\n");
+    refuse_plugin(&file.0, &["is not a WebAssembly file"]);
+}
+
+#[test]
+fn plugin_that_is_a_core_module() {
+    let file = Scratch::new("core.wasm", b"\0asm\x01\0\0\0");
+    refuse_plugin(
+        &file.0,
+        &["core WebAssembly module, not a component", "wasm32-wasip2"],
+    );
+}
+
+#[test]
+fn plugin_that_is_truncated() {
+    let echo = std::fs::read(plugin("echo")).unwrap();
+    let file = Scratch::new("truncated.wasm", &echo[..echo.len() / 2]);
+    refuse_plugin(&file.0, &["is not a valid WebAssembly component"]);
+}
+
+#[test]
+fn plugin_without_run_export() {
+    refuse_plugin(&plugin("no-run"), &["does not export `run`"]);
+}
+
+#[test]
+fn plugin_with_an_import_the_host_lacks() {
+    refuse_plugin(
+        &plugin("bad-import"),
+        &[
+            "imports something this host does not provide",
+            "launch-missiles",
+        ],
+    );
+}
+
+/// A wrong flag gets clap's usual answer: an `error:` line naming the
+/// flag and the problem (then a pointer to `--help`), exit status 2.
+fn assert_flag_refused(args: &[&str], expected: &[&str]) {
+    let Output { status, stderr, .. } = host_command()
+        .arg("--plugin")
+        .arg(plugin("echo"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error:"), "{stderr}");
+    for part in expected {
+        assert!(first.contains(part), "{part:?} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn bad_listen_address() {
+    assert_flag_refused(
+        &["--listen", "not-an-address"],
+        &["--listen", "not-an-address"],
+    );
+}
+
+#[test]
+fn bad_config_flag() {
+    assert_flag_refused(&["--config", "no-equals-sign"], &["--config", "KEY=VALUE"]);
+}
+
+/// A port another process holds is one error line naming the address.
+#[test]
+fn listen_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let Output { status, stderr, .. } = host_command()
+        .arg("--plugin")
+        .arg(plugin("echo"))
+        .args(["--listen", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let output = host_command().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in ["--plugin", "--listen", "--config", "127.0.0.1:9000"] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}
+
+/// SIGTERM and SIGINT stop the host with status 0.
+#[test]
+fn signals_stop_the_host_cleanly() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let host = Host::start("echo", &[]);
+        let status = host.stop_with(signal);
+        assert_eq!(status.code(), Some(0), "after signal {signal}");
+    }
+}

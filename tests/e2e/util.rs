@@ -1,0 +1,198 @@
+//! Starting the host, finding plugins, and talking to them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single read or wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `.wasm` file of a plugin crate (`plugins/NAME` or
+/// `tests/plugins/NAME`), as built by `cargo xtask test`.
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("PORTICO_PLUGIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"),
+    };
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which builds the plugins",
+        path.display()
+    );
+    path
+}
+
+/// The `host` binary cargo built for these tests.
+pub fn host_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+    command.env("PORTICO_LOG", "info");
+    command
+}
+
+/// A running host, stopped (SIGKILL) when dropped.
+pub struct Host {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Host {
+    /// Starts `host --plugin <name> --listen 127.0.0.1:0 <args>` and waits
+    /// until it listens.
+    pub fn start(plugin_name: &str, args: &[&str]) -> Host {
+        let mut child = host_command()
+            .arg("--plugin")
+            .arg(plugin(plugin_name))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the host");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut first = String::new();
+        stdout
+            .read_line(&mut first)
+            .expect("read the host's stdout");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("host printed {first:?}, log: {}", log.lock().unwrap()))
+            .parse()
+            .expect("a socket address");
+        Host { child, addr, log }
+    }
+
+    /// A new client connection, with [`TIMEOUT`] on reads and writes.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to the host");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Everything the host has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains every one of `parts`; returns it.
+    pub fn wait_for_log(&self, parts: &[&str]) -> String {
+        self.wait_for_lines(parts, 1).swap_remove(0)
+    }
+
+    /// Waits until `count` log lines contain every one of `parts`; returns
+    /// them.
+    pub fn wait_for_lines(&self, parts: &[&str], count: usize) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|line| parts.iter().all(|p| line.contains(p)))
+                .map(String::from)
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {parts:?} in:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the host and waits for it to exit.
+    pub fn stop_with(mut self, signal: i32) -> ExitStatus {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host did not exit after signal {signal}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `payload`, half-closes, and returns everything received until the
+/// host closes. Sending runs on its own thread so that large payloads
+/// cannot deadlock against the echo.
+pub fn send_and_collect(mut stream: TcpStream, payload: Vec<u8>) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        writer.write_all(&payload).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut received = Vec::new();
+    stream
+        .read_to_end(&mut received)
+        .expect("read until the host closes");
+    sender.join().unwrap();
+    received
+}
+
+/// Reads one `\n`-terminated line.
+pub fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0];
+    while stream.read(&mut byte).expect("read a line") == 1 {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Asserts the host closed `stream`: the next read sees end-of-file (or a
+/// reset).
+pub fn assert_closed(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+}
+
+/// A payload whose every byte depends on its position and `seed`, so that
+/// a lost, repeated or reordered byte is caught.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
