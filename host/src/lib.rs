@@ -3,20 +3,23 @@
 //!
 //! # Layout
 //!
-//! A connection flows accept → instantiate → run → close:
+//! A connection flows accept → admit → instantiate → run → close:
 //!
-//! - [`cli`]: the flags, with their defaults.
+//! - [`cli`]: the flags, with their defaults and checks.
 //! - [`plugin`]: reads, compiles and validates the plugin once, and keeps it
 //!   pre-instantiated.
-//! - [`server`]: the accept loop, one task per connection, shutdown.
+//! - [`server`]: the accept loop, admission control, one task per
+//!   connection, graceful drain.
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
-//! - [`stdio`]: a plugin's stdout and stderr, as log lines.
+//! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
+//! - [`counters`]: what the server counts, reported at shutdown.
 //! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`.
 
 pub mod bindings;
 pub mod cli;
+pub mod counters;
 pub mod plugin;
 pub mod sandbox;
 pub mod server;
@@ -24,6 +27,7 @@ pub mod socket;
 pub mod stdio;
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
@@ -38,8 +42,9 @@ pub fn init_logging() {
         .init();
 }
 
-/// Runs the host until SIGINT or SIGTERM: loads the plugin, listens, serves.
-pub fn run(args: cli::Args) -> Result<()> {
+/// Runs the host until SIGINT or SIGTERM: loads the plugin, listens, serves,
+/// drains. The exit code says whether the drain finished.
+pub fn run(args: cli::Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let args = portico_host::cli::Args::parse();
     portico_host::init_logging();
     match portico_host::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)

@@ -1,5 +1,6 @@
 //! The sandbox each connection runs in: the engine's settings, one store
-//! per connection with its own WASI context, and the call to `run`.
+//! per connection with its own WASI context and limits, and the call to
+//! `run` under those limits.
 //!
 //! What a plugin is granted is decided here, and it is deny-by-default:
 //! - no preopened directories, so no files;
@@ -7,22 +8,33 @@
 //! - no environment variables, no arguments, stdin closed;
 //! - stdout and stderr go to the host's log ([`crate::stdio`]);
 //! - settings only through `wasi:config/store`.
+//!
+//! And what it may use is bounded: linear memory (`memory.grow` fails past
+//! the limit), CPU (it yields its thread every [`YIELD_INTERVAL`], and is
+//! stopped once it has run for its budget), idle time, lifetime, and the
+//! resources it may hold.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::error::Context;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Result, Store,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Result,
+    Store,
 };
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::bindings::ConnectionInfo;
+use crate::counters::{Counters, count};
 use crate::plugin::Plugin;
 use crate::socket::{Socket, SocketInput, SocketOutput};
 use crate::stdio::PluginLog;
@@ -33,28 +45,47 @@ pub const YIELD_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Most core instances, memories and tables one plugin instance may have.
 /// A Rust plugin has about three core instances, one memory and two
-/// tables; the pool reserves these per connection, so that every admitted
-/// connection is sure to find room.
+/// tables. The pool reserves this much per connection, so that every
+/// admitted connection is sure to find room; a plugin that needs more is
+/// refused at start.
 const CORE_INSTANCES_PER_PLUGIN: u32 = 16;
-const MEMORIES_PER_PLUGIN: u32 = 2;
+const MEMORIES_PER_PLUGIN: u32 = 1;
 const TABLES_PER_PLUGIN: u32 = 8;
+/// Largest table of a plugin instance, in elements.
+const MAX_TABLE_ELEMENTS: usize = 20_000;
 
 /// Most resources (streams, pollables, ...) one plugin instance may hold.
 const MAX_RESOURCES: usize = 1024;
 
-/// The limits that shape the engine.
-#[derive(Clone, Copy, Debug)]
-pub struct EngineLimits {
-    /// Instances that may exist at once: one per live connection.
-    pub instances: u32,
-    /// Largest linear memory of an instance, in bytes.
+/// Longest wait, once `run` has returned, for pending output to reach the
+/// client (never longer than the idle timeout).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the operator allows, from the command line.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections served at once; the instance pool holds this many.
+    pub max_connections: u32,
+    /// Accepted connections that may wait for a place.
+    pub max_queued: u32,
+    /// Largest linear memory of one instance.
     pub memory_bytes: usize,
+    /// Time one connection's plugin may spend running.
+    pub cpu_budget: Duration,
+    /// Close a connection after this long without a byte either way.
+    pub idle_timeout: Duration,
+    /// Close a connection this long after it was accepted.
+    pub max_lifetime: Option<Duration>,
+    /// Plugin stdout and stderr lines logged per second and connection.
+    pub log_lines_per_second: u32,
+    /// On shutdown, how long live connections may take to finish.
+    pub drain_timeout: Duration,
 }
 
 /// Builds the engine shared by every connection: a pooling allocator sized
 /// for `limits`, copy-on-write memory images and epoch interruption.
-pub fn engine(limits: EngineLimits) -> Result<Engine> {
-    let n = limits.instances;
+pub fn engine(limits: &Limits) -> Result<Engine> {
+    let n = limits.max_connections;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_PLUGIN))
@@ -63,6 +94,7 @@ pub fn engine(limits: EngineLimits) -> Result<Engine> {
         .max_memories_per_component(MEMORIES_PER_PLUGIN)
         .total_tables(n.saturating_mul(TABLES_PER_PLUGIN))
         .max_tables_per_component(TABLES_PER_PLUGIN)
+        .table_elements(MAX_TABLE_ELEMENTS)
         .total_stacks(n)
         .max_memory_size(limits.memory_bytes);
 
@@ -72,7 +104,9 @@ pub fn engine(limits: EngineLimits) -> Result<Engine> {
         .memory_init_cow(true)
         .epoch_interruption(true)
         .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
-    Engine::new(&config).context("cannot set up the WebAssembly engine")
+    Engine::new(&config).with_context(|| {
+        format!("cannot set up the WebAssembly engine for {n} connections (--max-connections)")
+    })
 }
 
 /// Advances the engine's epoch every [`YIELD_INTERVAL`] on a thread of its
@@ -122,6 +156,7 @@ pub struct ConnState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) config: Arc<WasiConfigVariables>,
+    memory: MemoryLimit,
 }
 
 impl WasiView for ConnState {
@@ -133,28 +168,36 @@ impl WasiView for ConnState {
     }
 }
 
-impl ConnState {
-    fn new(conn: u64, config: Arc<WasiConfigVariables>) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(PluginLog {
-                conn,
-                stream: "stdout",
-            })
-            .stderr(PluginLog {
-                conn,
-                stream: "stderr",
-            })
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
-        Self {
-            wasi,
-            table,
-            config,
+/// Refuses memory growth past the limit, and logs and counts the first
+/// refusal of each connection.
+struct MemoryLimit {
+    conn: u64,
+    max_bytes: usize,
+    hit: bool,
+    counters: Arc<Counters>,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _: Option<usize>) -> Result<bool> {
+        if desired <= self.max_bytes {
+            return Ok(true);
         }
+        if !self.hit {
+            self.hit = true;
+            count(&self.counters.memory_limit_hits);
+            tracing::warn!(
+                conn = self.conn,
+                current,
+                desired,
+                limit = self.max_bytes,
+                "memory limit reached: growth refused"
+            );
+        }
+        Ok(false)
+    }
+
+    fn table_growing(&mut self, _: usize, desired: usize, _: Option<usize>) -> Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
 
@@ -162,75 +205,187 @@ impl ConnState {
 pub enum Outcome {
     /// `run` returned `ok`, or the plugin exited with status 0.
     Finished,
-    /// `run` returned `err`, or the plugin exited with a non-zero status.
+    /// `run` returned `err`, or the plugin exited with a failure status.
     Failed(String),
-    /// The plugin trapped (a panic, `unreachable`, a stack overflow...) or
-    /// the host stopped it.
+    /// The plugin trapped: a panic, `unreachable`, a stack overflow...
     Trapped(wasmtime::Error),
+    /// The host stopped it.
+    Stopped(StopReason),
 }
 
-/// Serves one connection: a fresh store and instance of `plugin`, its `run`
-/// called once with the socket's streams, then any output still pending
-/// flushed to the client (for at most `flush_timeout`). `accepted` is when
-/// the connection was accepted; the debug log gives the time from then to
-/// `run` starting.
-pub async fn serve(
-    plugin: &Plugin,
-    info: ConnectionInfo,
-    socket: &Arc<Socket>,
-    accepted: Instant,
-    flush_timeout: Duration,
-) -> Outcome {
-    let conn = info.id;
-    let mut store = Store::new(
-        plugin.pre.engine(),
-        ConnState::new(conn, plugin.config.clone()),
-    );
-    store.epoch_deadline_async_yield_and_update(1);
+/// Why the host stopped a plugin.
+#[derive(Clone, Copy, Debug)]
+pub enum StopReason {
+    CpuBudget,
+    Idle,
+    Lifetime,
+    Shutdown,
+}
 
-    let result = async {
+/// Everything a connection needs from the host: the plugin, the limits,
+/// the counters, and the signal to stop at the end of a drain.
+pub struct Sandbox {
+    pub plugin: Plugin,
+    pub limits: Limits,
+    pub counters: Arc<Counters>,
+    pub stop: CancellationToken,
+}
+
+impl Sandbox {
+    fn new_store(&self, conn: u64) -> Store<ConnState> {
+        let log = PluginLog::new(
+            conn,
+            self.limits.log_lines_per_second,
+            self.counters.clone(),
+        );
+        let wasi = WasiCtx::builder()
+            .stdout(log.stream("stdout"))
+            .stderr(log.stream("stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let state = ConnState {
+            wasi,
+            table,
+            config: self.plugin.config.clone(),
+            memory: MemoryLimit {
+                conn,
+                max_bytes: self.limits.memory_bytes,
+                hit: false,
+                counters: self.counters.clone(),
+            },
+        };
+        let mut store = Store::new(self.plugin.pre.engine(), state);
+        store.limiter(|state| &mut state.memory);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
+    /// Instantiates the plugin once, so that one that cannot be (it needs
+    /// more instances, memories or tables than the pool gives each
+    /// connection, or its start-up code fails) is refused at start.
+    pub async fn check(&self) -> Result<()> {
+        let mut store = self.new_store(0);
+        self.plugin.pre.instantiate_async(&mut store).await?;
+        Ok(())
+    }
+
+    /// Serves one connection: a fresh store and instance of the plugin, its
+    /// `run` called once with the socket's streams under the limits, then
+    /// any output still pending flushed to the client. `accepted` is when
+    /// the connection was accepted; the debug log gives the time from then
+    /// to `run` starting.
+    pub async fn serve(
+        &self,
+        info: ConnectionInfo,
+        socket: &Arc<Socket>,
+        accepted: Instant,
+    ) -> Outcome {
+        let conn = info.id;
+        let mut store = self.new_store(conn);
         let table = &mut store.data_mut().table;
         let input: DynInputStream = Box::new(SocketInput::new(socket.clone()));
         let output: DynOutputStream = Box::new(SocketOutput::new(socket.clone()));
-        let input = table.push(input)?;
-        let output = table.push(output)?;
-        let handler = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .context("cannot instantiate the plugin")?;
+        let (input, output) = match (table.push(input), table.push(output)) {
+            (Ok(input), Ok(output)) => (input, output),
+            (Err(error), _) | (_, Err(error)) => return Outcome::Trapped(error.into()),
+        };
+        let handler = match self.plugin.pre.instantiate_async(&mut store).await {
+            Ok(handler) => handler,
+            Err(error) => return Outcome::Trapped(error.context("cannot instantiate the plugin")),
+        };
         tracing::debug!(
             conn,
             startup_us = accepted.elapsed().as_micros() as u64,
-            "instantiated; calling run"
+            "calling run"
         );
-        let returned = handler
-            .call_run(&mut store, &info, borrow(&input), borrow(&output))
-            .await;
-        Ok::<_, wasmtime::Error>((returned, output))
-    }
-    .await;
 
-    let (returned, output) = match result {
-        Ok(done) => done,
-        Err(error) => return Outcome::Trapped(error),
-    };
-    let outcome = match returned {
+        let run = handler.call_run(&mut store, &info, borrow(&input), borrow(&output));
+        let lifetime = async {
+            match self.limits.max_lifetime {
+                Some(lifetime) => {
+                    tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            returned = CpuMeter::new(run, self.limits.cpu_budget) => match returned {
+                Some(returned) => classify(returned),
+                None => Outcome::Stopped(StopReason::CpuBudget),
+            },
+            () = socket.idle(self.limits.idle_timeout) => Outcome::Stopped(StopReason::Idle),
+            () = lifetime => Outcome::Stopped(StopReason::Lifetime),
+            () = self.stop.cancelled() => Outcome::Stopped(StopReason::Shutdown),
+        };
+
+        if matches!(outcome, Outcome::Finished | Outcome::Failed(_)) {
+            if let Ok(mut output) = store.data_mut().table.delete(output) {
+                let timeout = FLUSH_TIMEOUT.min(self.limits.idle_timeout);
+                let _ = tokio::time::timeout(timeout, output.ready()).await;
+            }
+        }
+        outcome
+    }
+}
+
+/// Sorts what `run` returned into an [`Outcome`].
+fn classify(returned: Result<Result<(), String>>) -> Outcome {
+    match returned {
         Ok(Ok(())) => Outcome::Finished,
         Ok(Err(message)) => Outcome::Failed(message),
         Err(error) => match error.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => Outcome::Finished,
             Some(I32Exit(status)) => Outcome::Failed(format!("exited with status {status}")),
-            None => return Outcome::Trapped(error),
+            None => Outcome::Trapped(error),
         },
-    };
-    if let Ok(mut output) = store.data_mut().table.delete(output) {
-        let _ = tokio::time::timeout(flush_timeout, output.ready()).await;
     }
-    outcome
 }
 
 /// A borrowed handle to a resource the host keeps owning, to lend to `run`.
 fn borrow<T: 'static>(resource: &Resource<T>) -> Resource<T> {
     Resource::new_borrow(resource.rep())
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a future, adding up the time spent inside its `poll` calls: for
+    /// a call into the plugin, that is the time the plugin spends running,
+    /// not waiting. Resolves to `None` once that passes `budget`. Epoch
+    /// interruption makes the plugin yield every [`YIELD_INTERVAL`], so no
+    /// single poll overshoots by more than that.
+    struct CpuMeter<F> {
+        #[pin]
+        future: F,
+        spent: Duration,
+        budget: Duration,
+    }
+}
+
+impl<F> CpuMeter<F> {
+    fn new(future: F, budget: Duration) -> Self {
+        Self {
+            future,
+            spent: Duration::ZERO,
+            budget,
+        }
+    }
+}
+
+impl<F: Future> Future for CpuMeter<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let started = Instant::now();
+        let polled = this.future.poll(cx);
+        *this.spent += started.elapsed();
+        match polled {
+            Poll::Ready(output) => Poll::Ready(Some(output)),
+            Poll::Pending if *this.spent >= *this.budget => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }

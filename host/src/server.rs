@@ -1,32 +1,37 @@
-//! The server: listen, accept, give each connection a task of its own, stop
-//! on a signal.
+//! The server: listen, admit, give each connection a task of its own, and
+//! drain on a signal.
+//!
+//! Admission works as POCO's `TCPServer` does: the host always accepts, so
+//! the kernel's backlog never decides for it. An accepted connection is
+//! served at once if fewer than `--max-connections` are being served; else
+//! it waits in a queue of at most `--max-queued`, first come first served;
+//! past that it is closed at once and counted as refused.
 //!
 //! Errors of one connection stay in its task and its log lines; the accept
 //! loop only ever sees accept errors.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
 
 use crate::bindings::ConnectionInfo;
 use crate::cli::Args;
+use crate::counters::{Counters, count};
 use crate::plugin::Plugin;
-use crate::sandbox::{self, EngineLimits, EpochTicker, Outcome};
+use crate::sandbox::{self, EpochTicker, Outcome, Sandbox, StopReason};
 use crate::socket::Socket;
 
-/// Connections served at once; the instance pool is sized for this many.
-const MAX_CONNECTIONS: u32 = 1000;
-/// Largest linear memory of one plugin instance.
-const MAX_MEMORY_BYTES: usize = 64 << 20;
-/// How long output still pending when `run` returns may take to reach a
-/// client before the connection is closed anyway.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long, after the host has finished sending, it keeps reading and
 /// discarding what the client still sends. Closing a socket with unread
 /// input makes the kernel send a reset, which can destroy the last response
@@ -35,19 +40,32 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed accept (out of file descriptors, say), so that the
 /// loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Least time between two warnings about refused connections.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads the plugin, listens on `args.listen` and serves until SIGINT or
-/// SIGTERM. Everything that can be wrong with the flags or the plugin fails
-/// here, before the host listens.
-pub async fn run(args: Args) -> Result<()> {
-    let engine = sandbox::engine(EngineLimits {
-        instances: MAX_CONNECTIONS,
-        memory_bytes: MAX_MEMORY_BYTES,
-    })?;
+/// SIGTERM, then drains. Everything that can be wrong with the flags or the
+/// plugin fails here, before the host listens. Exits with failure only if a
+/// second signal cut the drain short.
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let limits = args.limits()?;
+    check_file_limit(&limits);
+    let engine = sandbox::engine(&limits)?;
     let _ticker = EpochTicker::start(&engine)?;
     let config = args.config.into_iter().collect();
-    let plugin = Arc::new(Plugin::load(&engine, &args.plugin, config)?);
-    let shutdown = shutdown_signal()?;
+    let plugin = Plugin::load(&engine, &args.plugin, config)?;
+    let sandbox = Arc::new(Sandbox {
+        plugin,
+        limits,
+        counters: Arc::new(Counters::default()),
+        stop: CancellationToken::new(),
+    });
+    sandbox
+        .check()
+        .await
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("plugin {} cannot be instantiated", args.plugin.display()))?;
+    let mut signals = Signals::new()?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -56,51 +74,163 @@ pub async fn run(args: Args) -> Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     println!("listening on {local}");
-    info!(plugin = %args.plugin.display(), %local, "listening");
+    info!(plugin = %args.plugin.display(), %local, limits = ?sandbox.limits, "listening");
 
-    serve(listener, plugin, shutdown).await;
-    info!("stopped");
-    Ok(())
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> Result<impl Future<Output = ()>> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT: shutting down"),
-            _ = terminate.recv() => info!("SIGTERM: shutting down"),
-        }
+    let tracker = TaskTracker::new();
+    accept_loop(listener, &sandbox, &tracker, signals.next()).await;
+    let finished = drain(&sandbox, &tracker, &mut signals).await;
+    info!(counters = %sandbox.counters, "stopped");
+    Ok(if finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
-/// Accepts connections on `listener` until `shutdown` resolves, each served
-/// by `plugin` in a task of its own.
-pub async fn serve(listener: TcpListener, plugin: Arc<Plugin>, shutdown: impl Future<Output = ()>) {
+/// SIGINT and SIGTERM, watched from before the host listens.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM, with its name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Raises the soft limit on open files as far as the hard limit allows, and
+/// warns if it is still too low for the connections the flags allow.
+fn check_file_limit(limits: &sandbox::Limits) {
+    let wanted = u64::from(limits.max_connections) + u64::from(limits.max_queued) + 64;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => warn!(
+            "the open-file limit is {got}, fewer than the {wanted} that --max-connections and \
+             --max-queued may need: accepts will fail past it (raise it with `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(error) => warn!("cannot read the open-file limit: {error}"),
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, and admits
+/// each one (see the module doc).
+async fn accept_loop(
+    listener: TcpListener,
+    sandbox: &Arc<Sandbox>,
+    tracker: &TaskTracker,
+    shutdown: impl Future<Output = &'static str>,
+) {
+    let counters = &sandbox.counters;
+    let places = Arc::new(Semaphore::new(sandbox.limits.max_connections as usize));
     let mut next_id = 0u64;
+    let mut last_refusal_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
-            () = &mut shutdown => return,
+            name = &mut shutdown => {
+                info!("{name}: stopped accepting");
+                return;
+            }
             accepted = listener.accept() => accepted,
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                next_id += 1;
-                tokio::spawn(serve_connection(plugin.clone(), tcp, peer, next_id));
-            }
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 error!("accept failed: {error}");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        count(&counters.total);
+
+        if let Ok(place) = places.clone().try_acquire_owned() {
+            tracker.spawn(serve_connection(sandbox.clone(), tcp, peer, id, place));
+        } else if counters.queued.load(Relaxed) < u64::from(sandbox.limits.max_queued) {
+            count(&counters.queued);
+            debug!(conn = id, %peer, "queued");
+            let (sandbox, places) = (sandbox.clone(), places.clone());
+            tracker.spawn(async move {
+                let place = tokio::select! {
+                    place = places.acquire_owned() => place,
+                    () = sandbox.stop.cancelled() => {
+                        sandbox.counters.queued.fetch_sub(1, Relaxed);
+                        return;
+                    }
+                };
+                sandbox.counters.queued.fetch_sub(1, Relaxed);
+                // The semaphore is never closed, so acquiring cannot fail.
+                if let Ok(place) = place {
+                    serve_connection(sandbox, tcp, peer, id, place).await;
+                }
+            });
+        } else {
+            count(&counters.refused);
+            drop(tcp);
+            let due =
+                last_refusal_warning.is_none_or(|last| last.elapsed() >= REFUSAL_WARNING_INTERVAL);
+            if due {
+                last_refusal_warning = Some(Instant::now());
+                warn!(
+                    conn = id, %peer, refused = counters.refused.load(Relaxed),
+                    "refused: {} connections served and {} queued", sandbox.limits.max_connections,
+                    sandbox.limits.max_queued
+                );
             }
         }
     }
 }
 
-/// Serves one accepted connection from start to close, and logs it.
-async fn serve_connection(plugin: Arc<Plugin>, tcp: TcpStream, peer: SocketAddr, id: u64) {
+/// Lets live connections finish for up to the drain timeout, then stops
+/// the rest. Returns `false` if a second signal cut the drain short.
+async fn drain(sandbox: &Sandbox, tracker: &TaskTracker, signals: &mut Signals) -> bool {
+    tracker.close();
+    let counters = &sandbox.counters;
+    let timeout = sandbox.limits.drain_timeout;
+    info!(
+        live = counters.current.load(Relaxed),
+        queued = counters.queued.load(Relaxed),
+        "draining for up to {}",
+        humantime::format_duration(timeout)
+    );
+    tokio::select! {
+        () = tracker.wait() => true,
+        () = tokio::time::sleep(timeout) => {
+            warn!(live = counters.current.load(Relaxed), "drain timed out: stopping the connections left");
+            sandbox.stop.cancel();
+            tracker.wait().await;
+            true
+        }
+        name = signals.next() => {
+            warn!(live = counters.current.load(Relaxed), "{name} again: exiting without draining");
+            false
+        }
+    }
+}
+
+/// Serves one admitted connection from start to close, and logs it. The
+/// place is given back when this returns.
+async fn serve_connection(
+    sandbox: Arc<Sandbox>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    _place: OwnedSemaphorePermit,
+) {
     let accepted = Instant::now();
     info!(conn = id, %peer, "accepted");
     let local = match tcp.local_addr() {
@@ -117,15 +247,22 @@ async fn serve_connection(plugin: Arc<Plugin>, tcp: TcpStream, peer: SocketAddr,
     // each one back for up to 40 ms waiting for the client's ACK.
     let _ = tcp.set_nodelay(true);
 
+    let counters = &sandbox.counters;
+    counters.connection_started();
     let socket = Socket::new(tcp);
     let info = ConnectionInfo {
         id,
         peer_address: peer.to_string(),
         local_address: local.to_string(),
     };
-    let outcome = sandbox::serve(&plugin, info, &socket, accepted, FLUSH_TIMEOUT).await;
+    let outcome = sandbox.serve(info, &socket, accepted).await;
     close(&socket).await;
+    counters.connection_ended();
+    log_outcome(counters, id, accepted, &socket, outcome);
+}
 
+/// Logs the one `closed` line of a connection, and counts how it ended.
+fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket, outcome: Outcome) {
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     let (bytes_in, bytes_out) = (socket.bytes_in(), socket.bytes_out());
     match outcome {
@@ -139,10 +276,12 @@ async fn serve_connection(plugin: Arc<Plugin>, tcp: TcpStream, peer: SocketAddr,
                 "closed"
             )
         }
-        Outcome::Failed(message) => warn!(
-            conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", error = %message, "closed"
-        ),
+        Outcome::Failed(message) => {
+            count(&counters.errors);
+            warn!(conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", error = %message, "closed")
+        }
         Outcome::Trapped(error) => {
+            count(&counters.traps);
             // The wasm backtrace (several lines) goes last, after the fields.
             let backtrace = error
                 .downcast_ref::<wasmtime::WasmBacktrace>()
@@ -153,17 +292,34 @@ async fn serve_connection(plugin: Arc<Plugin>, tcp: TcpStream, peer: SocketAddr,
                 error = %error.root_cause(), wasm_backtrace = backtrace, "closed"
             )
         }
+        Outcome::Stopped(reason) => {
+            let (counter, why) = match reason {
+                StopReason::CpuBudget => (&counters.cpu_budget_stops, "CPU budget spent"),
+                StopReason::Idle => (&counters.idle_timeouts, "idle timeout"),
+                StopReason::Lifetime => (&counters.lifetime_stops, "maximum lifetime reached"),
+                StopReason::Shutdown => (&counters.drain_stops, "drain timed out"),
+            };
+            count(counter);
+            warn!(
+                conn = id,
+                elapsed_ms,
+                bytes_in,
+                bytes_out,
+                outcome = "stopped",
+                reason = why,
+                "closed"
+            )
+        }
     }
 }
 
-/// Ends the connection: sends FIN after everything written, then reads and
-/// discards until the client closes too, for at most [`LINGER_TIMEOUT`].
+/// Ends the connection: sends FIN after everything written; then, unless
+/// the client has closed its side already, reads and discards until it
+/// does, for at most [`LINGER_TIMEOUT`].
 async fn close(socket: &Socket) {
     let tcp = socket.tcp();
-    if socket2::SockRef::from(tcp)
-        .shutdown(std::net::Shutdown::Write)
-        .is_err()
-    {
+    let shutdown = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+    if shutdown.is_err() || socket.input_ended() {
         return;
     }
     let discard = async {

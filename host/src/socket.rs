@@ -9,6 +9,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -29,6 +30,10 @@ pub struct Socket {
     bytes_out: AtomicU64,
     /// The client has finished sending (end-of-file or reset was read).
     input_ended: AtomicBool,
+    /// When the socket was accepted; activity is timed from here.
+    accepted: Instant,
+    /// Milliseconds from `accepted` to the last byte moved either way.
+    last_activity_ms: AtomicU64,
 }
 
 impl Socket {
@@ -38,6 +43,8 @@ impl Socket {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             input_ended: AtomicBool::new(false),
+            accepted: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
         })
     }
 
@@ -60,9 +67,27 @@ impl Socket {
         self.input_ended.load(Ordering::Relaxed)
     }
 
+    /// Resolves once no byte has moved either way for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+            let quiet_for = self.accepted.elapsed().saturating_sub(last);
+            if quiet_for >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - quiet_for).await;
+        }
+    }
+
+    fn moved(&self, counter: &AtomicU64, bytes: usize) {
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        let now = self.accepted.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(now, Ordering::Relaxed);
+    }
+
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         let written = self.tcp.try_write(bytes)?;
-        self.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+        self.moved(&self.bytes_out, written);
         Ok(written)
     }
 }
@@ -118,7 +143,7 @@ impl InputStream for SocketInput {
                 Err(StreamError::Closed)
             }
             Ok(n) => {
-                self.socket.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                self.socket.moved(&self.socket.bytes_in, n);
                 Ok(chunk.freeze())
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),

@@ -1,57 +1,145 @@
 //! A plugin's stdout and stderr, turned into the host's log lines.
 //!
 //! Each complete line becomes one log event tagged with the connection id
-//! and the stream's name. A line longer than [`MAX_LINE_BYTES`] is cut
-//! there, so a plugin cannot make the host hold an unbounded line.
+//! and the stream's name. Two bounds keep a plugin from flooding the log: a
+//! line longer than [`MAX_LINE_BYTES`] is cut there, and a connection may
+//! log only so many lines per second; the lines over that are dropped, and
+//! one line says how many once the second is over.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::counters::Counters;
+
 /// Longest line logged whole; the rest of a longer line is dropped.
 pub const MAX_LINE_BYTES: usize = 4096;
 
-/// Where one of a connection's output streams goes: handed to the WASI
-/// context as its stdout or stderr.
-#[derive(Clone, Copy)]
+/// The log of one connection's plugin, shared by its stdout and stderr.
 pub struct PluginLog {
-    pub conn: u64,
-    pub stream: &'static str,
+    conn: u64,
+    rate: Mutex<Rate>,
+    lines_per_second: u32,
+    counters: Arc<Counters>,
 }
 
-impl IsTerminal for PluginLog {
+/// Lines logged in the current one-second window, and lines dropped.
+struct Rate {
+    window_start: Instant,
+    logged: u32,
+    dropped: u64,
+}
+
+impl PluginLog {
+    pub fn new(conn: u64, lines_per_second: u32, counters: Arc<Counters>) -> Arc<Self> {
+        Arc::new(Self {
+            conn,
+            rate: Mutex::new(Rate {
+                window_start: Instant::now(),
+                logged: 0,
+                dropped: 0,
+            }),
+            lines_per_second,
+            counters,
+        })
+    }
+
+    /// The stream to hand the WASI context as stdout or stderr.
+    pub fn stream(self: &Arc<Self>, name: &'static str) -> LogStream {
+        LogStream {
+            log: self.clone(),
+            name,
+        }
+    }
+
+    fn line(&self, stream: &'static str, text: &str) {
+        let mut rate = self
+            .rate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if rate.window_start.elapsed() >= Duration::from_secs(1) {
+            report_dropped(self.conn, self.lines_per_second, &mut rate);
+            rate.window_start = Instant::now();
+            rate.logged = 0;
+        }
+        if rate.logged < self.lines_per_second {
+            rate.logged += 1;
+            tracing::info!(target: "plugin", conn = self.conn, stream, "{text}");
+        } else {
+            rate.dropped += 1;
+            crate::counters::count(&self.counters.log_lines_dropped);
+        }
+    }
+}
+
+/// Logs how many lines were dropped, if any, and starts counting afresh.
+fn report_dropped(conn: u64, lines_per_second: u32, rate: &mut Rate) {
+    if rate.dropped > 0 {
+        tracing::warn!(
+            target: "plugin",
+            conn,
+            dropped = rate.dropped,
+            "plugin log lines dropped: over {lines_per_second} lines per second"
+        );
+        rate.dropped = 0;
+    }
+}
+
+impl Drop for PluginLog {
+    fn drop(&mut self) {
+        let (conn, lines_per_second) = (self.conn, self.lines_per_second);
+        let rate = self
+            .rate
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        report_dropped(conn, lines_per_second, rate);
+    }
+}
+
+/// One of a connection's output streams (stdout or stderr), as handed to
+/// its WASI context.
+pub struct LogStream {
+    log: Arc<PluginLog>,
+    name: &'static str,
+}
+
+impl IsTerminal for LogStream {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for PluginLog {
+impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineLogger::new(*self))
+        Box::new(LineSplitter::new(self.log.clone(), self.name))
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineLogger::new(*self))
+        Box::new(LineSplitter::new(self.log.clone(), self.name))
     }
 }
 
 /// Collects bytes into lines and logs each line as it completes.
-struct LineLogger {
-    log: PluginLog,
+struct LineSplitter {
+    log: Arc<PluginLog>,
+    name: &'static str,
     line: Vec<u8>,
     /// The current line was too long and has been logged; skip to its end.
     truncated: bool,
 }
 
-impl LineLogger {
-    fn new(log: PluginLog) -> Self {
+impl LineSplitter {
+    fn new(log: Arc<PluginLog>, name: &'static str) -> Self {
         Self {
             log,
+            name,
             line: Vec::new(),
             truncated: false,
         }
@@ -68,13 +156,13 @@ impl LineLogger {
                 let room = MAX_LINE_BYTES - self.line.len();
                 self.line.extend_from_slice(&part[..part.len().min(room)]);
                 if part.len() > room {
-                    self.emit(true);
+                    self.emit(" [line cut]");
                     self.truncated = true;
                 }
             }
             if end.is_some() {
                 if !self.truncated {
-                    self.emit(false);
+                    self.emit("");
                 }
                 self.truncated = false;
             }
@@ -82,29 +170,26 @@ impl LineLogger {
         }
     }
 
-    fn emit(&mut self, cut: bool) {
+    fn emit(&mut self, marker: &str) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
-        if text.trim().is_empty() {
-            self.line.clear();
-            return;
+        if !text.trim().is_empty() {
+            self.log.line(self.name, &format!("{text}{marker}"));
         }
-        let marker = if cut { " [line cut]" } else { "" };
-        tracing::info!(target: "plugin", conn = self.log.conn, stream = self.log.stream, "{text}{marker}");
         self.line.clear();
     }
 }
 
-impl Drop for LineLogger {
+impl Drop for LineSplitter {
     fn drop(&mut self) {
         if !self.line.is_empty() {
-            self.emit(false);
+            self.emit("");
         }
     }
 }
 
 #[wasmtime_wasi::async_trait]
-impl OutputStream for LineLogger {
+impl OutputStream for LineSplitter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.push(&bytes);
         Ok(())
@@ -120,11 +205,11 @@ impl OutputStream for LineLogger {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for LineLogger {
+impl Pollable for LineSplitter {
     async fn ready(&mut self) {}
 }
 
-impl AsyncWrite for LineLogger {
+impl AsyncWrite for LineSplitter {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,

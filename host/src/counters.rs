@@ -1,0 +1,74 @@
+//! The server's counters, kept in one place for the shutdown report (and
+//! for an admin endpoint to read later). The first six are the ones POCO's
+//! `TCPServer` keeps; the rest count how connections ended.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counts shared by the accept loop and every connection task.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl fmt::Display for Counters {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut separator = "";
+                $(
+                    write!(f, "{separator}{}={}", stringify!($name), self.$name.load(Relaxed))?;
+                    separator = " ";
+                )*
+                let _ = separator;
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections being served now.
+    current,
+    /// Connections accepted since start, refused ones included.
+    total,
+    /// The highest `current` has been.
+    max_concurrent,
+    /// Connections accepted and waiting for a place now.
+    queued,
+    /// Connections closed at once because the queue was full.
+    refused,
+    /// Plugins that trapped (panics and aborts included).
+    traps,
+    /// Plugins that returned an error or exited with a failure status.
+    errors,
+    /// Plugins stopped for spending their CPU budget.
+    cpu_budget_stops,
+    /// Plugins whose memory growth was refused at the limit.
+    memory_limit_hits,
+    /// Connections closed for being idle.
+    idle_timeouts,
+    /// Connections closed at their maximum lifetime.
+    lifetime_stops,
+    /// Connections stopped because the drain timed out.
+    drain_stops,
+    /// Plugin log lines dropped for exceeding the rate limit.
+    log_lines_dropped,
+}
+
+/// Adds one to `counter`.
+pub fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+impl Counters {
+    /// Records a connection starting to be served.
+    pub fn connection_started(&self) {
+        let now = self.current.fetch_add(1, Relaxed) + 1;
+        self.max_concurrent.fetch_max(now, Relaxed);
+    }
+
+    pub fn connection_ended(&self) {
+        self.current.fetch_sub(1, Relaxed);
+    }
+}
