@@ -289,7 +289,7 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
                 .unwrap_or_default();
             warn!(
                 conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                error = %error.root_cause(), wasm_backtrace = backtrace, "closed"
+                error = %error.root_cause(), wasm_backtrace = %backtrace, "closed"
             )
         }
         Outcome::Stopped(reason) => {

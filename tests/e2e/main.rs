@@ -3,6 +3,8 @@
 //!
 //! Run them with `cargo xtask test`, which builds the plugins first.
 
+// Shared with the load tests; each binary uses part of it.
+#[allow(dead_code)]
 mod util;
 
 /// Echo: byte-exact at every size, under concurrency, and on half-close

@@ -125,6 +125,35 @@ impl Host {
         }
     }
 
+    /// The host's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends `signal` to the host without waiting.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for the host to exit by itself.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` to the host and waits for it to exit.
     pub fn stop_with(mut self, signal: i32) -> ExitStatus {
         let pid = i32::try_from(self.child.id()).unwrap();
@@ -195,4 +224,81 @@ pub fn assert_closed(stream: &mut TcpStream) {
 /// a lost, repeated or reordered byte is caught.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// An echo load on long-lived connections to the misbehave plugin (in echo
+/// mode): each connection sends a 64-byte line, waits for it to come back,
+/// and pauses briefly, until stopped.
+pub struct EchoLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<thread::JoinHandle<(Vec<Duration>, Vec<String>)>>,
+}
+
+/// What an [`EchoLoad`] saw.
+pub struct LoadReport {
+    pub round_trips: usize,
+    pub errors: Vec<String>,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl EchoLoad {
+    pub fn start(host: &Host, connections: usize) -> EchoLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..connections)
+            .map(|i| {
+                let mut stream = host.connect();
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let (mut latencies, mut errors) = (Vec::new(), Vec::new());
+                    stream.write_all(b"echo\n").unwrap();
+                    assert_eq!(read_line(&mut stream), "ok\n");
+                    let line = format!("{:063}\n", i);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let mut echoed = vec![0; line.len()];
+                        let result = stream
+                            .write_all(line.as_bytes())
+                            .and_then(|()| stream.read_exact(&mut echoed));
+                        match result {
+                            Ok(()) if echoed == line.as_bytes() => {
+                                latencies.push(started.elapsed())
+                            }
+                            Ok(()) => errors.push(format!("client {i}: wrong bytes")),
+                            Err(error) => {
+                                errors.push(format!("client {i}: {error}"));
+                                break;
+                            }
+                        }
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        EchoLoad { stop, clients }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut latencies, mut errors) = (Vec::new(), Vec::new());
+        for client in self.clients {
+            let (l, e) = client.join().unwrap();
+            latencies.extend(l);
+            errors.extend(e);
+        }
+        latencies.sort();
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        LoadReport {
+            round_trips: latencies.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            errors,
+        }
+    }
 }

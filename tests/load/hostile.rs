@@ -1,0 +1,224 @@
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::exclusive;
+use crate::util::{EchoLoad, Host, LoadReport, assert_closed, read_line};
+
+/// Connections in the echo load.
+const LOAD_CONNECTIONS: usize = 8;
+/// How long the quiet baseline is measured.
+const QUIET: Duration = Duration::from_secs(3);
+/// A p99 under hostile load may be this much over twice the quiet p99: on a
+/// 2-core machine where the load generator shares the cores with the host,
+/// a sub-millisecond quiet p99 doubled is below scheduler noise.
+const P99_SLACK: Duration = Duration::from_millis(2);
+
+/// One hostile plugin behaviour: the command that triggers it, what the
+/// client does meanwhile, and the log line parts that name the cause.
+struct Hostile {
+    command: &'static str,
+    client: Client,
+    expect: &'static [&'static str],
+}
+
+enum Client {
+    /// Waits for the host to close the connection.
+    AwaitClose,
+    /// Reads one answer line that must start with this.
+    Answer(&'static str),
+    /// Never reads (the plugin floods), and waits for the close.
+    NeverRead,
+}
+
+const SUITE: &[Hostile] = &[
+    Hostile {
+        command: "loop",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"stopped\"", "CPU budget spent"],
+    },
+    Hostile {
+        command: "print-loop",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"stopped\"", "CPU budget spent"],
+    },
+    Hostile {
+        command: "alloc",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\""],
+    },
+    Hostile {
+        // Rust's stack lives in linear memory: overflowing it is an
+        // out-of-bounds access before wasm's own call stack runs out.
+        command: "recurse",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\""],
+    },
+    Hostile {
+        command: "trap",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\"", "unreachable"],
+    },
+    Hostile {
+        command: "panic",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\""],
+    },
+    Hostile {
+        command: "abort",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\""],
+    },
+    Hostile {
+        command: "flood",
+        client: Client::NeverRead,
+        expect: &["outcome=\"stopped\"", "idle timeout"],
+    },
+    Hostile {
+        command: "spam-log",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"stopped\"", "CPU budget spent"],
+    },
+    Hostile {
+        command: "open-file /etc/passwd",
+        client: Client::Answer("denied"),
+        expect: &["outcome=\"ok\""],
+    },
+    Hostile {
+        command: "connect 127.0.0.1:22",
+        client: Client::Answer("denied"),
+        expect: &["outcome=\"ok\""],
+    },
+    Hostile {
+        command: "lookup localhost",
+        client: Client::Answer("denied"),
+        expect: &["outcome=\"ok\""],
+    },
+    Hostile {
+        command: "env",
+        client: Client::Answer("env=0 args=0"),
+        expect: &["outcome=\"ok\""],
+    },
+    Hostile {
+        command: "exit 7",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"error\"", "exited with status"],
+    },
+    Hostile {
+        command: "sleep",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"stopped\"", "idle timeout"],
+    },
+    Hostile {
+        command: "return",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"ok\""],
+    },
+];
+
+/// Every hostile behaviour, one after another, each under an echo load:
+/// the host stays up, closes only the hostile connection and logs why, and
+/// the load sees no error and a p99 within twice its quiet value. The
+/// host's memory is back near where it started afterwards.
+#[test]
+fn hostile_plugins_under_load() {
+    let _turn = exclusive();
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--cpu-budget",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--max-memory",
+            "32",
+        ],
+    );
+    let quiet = measure(&host, QUIET, || {});
+    println!("quiet: {}", describe(&quiet));
+    let rss_before = host.rss_kib();
+
+    for (i, hostile) in SUITE.iter().enumerate() {
+        let conn = format!("conn={}", LOAD_CONNECTIONS * (i + 2) + i + 1);
+        let report = measure(&host, Duration::ZERO, || {
+            let started = Instant::now();
+            let stream = run_hostile(&host, hostile);
+            let mut parts = vec!["closed", conn.as_str()];
+            parts.extend_from_slice(hostile.expect);
+            host.wait_for_log(&parts);
+            drop(stream);
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{} took too long",
+                hostile.command
+            );
+        });
+        println!("{:<24} {}", hostile.command, describe(&report));
+        assert!(
+            report.errors.is_empty(),
+            "{}: load errors {:?}",
+            hostile.command,
+            report.errors
+        );
+        let bound = quiet.p99 * 2 + P99_SLACK;
+        assert!(
+            report.p99 <= bound,
+            "{}: p99 {:?} over {bound:?}",
+            hostile.command,
+            report.p99
+        );
+    }
+    host.wait_for_log(&["memory limit reached"]);
+    host.wait_for_log(&["plugin log lines dropped"]);
+
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_after = host.rss_kib();
+    println!("host RSS: {rss_before} KiB before the suite, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 20 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// Runs an echo load while `during` runs (and for at least `at_least`).
+fn measure(host: &Host, at_least: Duration, during: impl FnOnce()) -> LoadReport {
+    let started = Instant::now();
+    let load = EchoLoad::start(host, LOAD_CONNECTIONS);
+    during();
+    if let Some(rest) = at_least.checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    load.stop()
+}
+
+/// Starts the hostile connection and plays the client's part; returns the
+/// connection, to be dropped only once the host has logged its end.
+fn run_hostile(host: &Host, hostile: &Hostile) -> TcpStream {
+    let mut stream = host.connect();
+    stream
+        .write_all(format!("{}\n", hostile.command).as_bytes())
+        .unwrap();
+    match hostile.client {
+        Client::AwaitClose => assert_closed(&mut stream),
+        Client::Answer(prefix) => {
+            let answer = read_line(&mut stream);
+            assert!(
+                answer.starts_with(prefix),
+                "{}: answered {answer:?}",
+                hostile.command
+            );
+        }
+        Client::NeverRead => {}
+    }
+    stream
+}
+
+fn describe(report: &LoadReport) -> String {
+    format!(
+        "{} round trips, p50 {:?}, p99 {:?}, {} errors",
+        report.round_trips,
+        report.p50,
+        report.p99,
+        report.errors.len()
+    )
+}
