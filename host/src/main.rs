@@ -1,4 +1,5 @@
 //! The `host` binary: parses flags and hands over to [`portico_host::run`].
+//! A start-up error is one line on stderr and exit status 2.
 
 use std::process::ExitCode;
 
@@ -10,7 +11,10 @@ fn main() -> ExitCode {
     match portico_host::run(args) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Some causes (wasmparser's, say) span lines; keep it to one.
+            let message = format!("{error:#}");
+            let one_line: Vec<&str> = message.lines().map(str::trim).collect();
+            eprintln!("error: {}", one_line.join(" "));
             ExitCode::from(2)
         }
     }

@@ -23,7 +23,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::bindings::ConnectionInfo;
 use crate::cli::Args;
@@ -162,7 +162,7 @@ async fn accept_loop(
             tracker.spawn(serve_connection(sandbox.clone(), tcp, peer, id, place));
         } else if counters.queued.load(Relaxed) < u64::from(sandbox.limits.max_queued) {
             count(&counters.queued);
-            debug!(conn = id, %peer, "queued");
+            info!(conn = id, %peer, "queued: all places taken");
             let (sandbox, places) = (sandbox.clone(), places.clone());
             tracker.spawn(async move {
                 let place = tokio::select! {

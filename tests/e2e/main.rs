@@ -14,6 +14,8 @@ mod echo;
 mod http;
 /// Misbehaving plugins close only their own connection.
 mod isolation;
+/// Limits, admission control and graceful drain.
+mod lifecycle;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
 /// Bad plugin files and bad flags: one error line, exit status 2.

@@ -175,3 +175,114 @@ fn signals_stop_the_host_cleanly() {
         assert_eq!(status.code(), Some(0), "after signal {signal}");
     }
 }
+
+/// How a host run on a corrupted plugin ended.
+enum Verdict {
+    /// Refused: exit status 2 and this stderr.
+    Refused(String),
+    /// The corruption left a valid component, and the host listened.
+    Listened,
+}
+
+/// Runs the host on `path` until it exits or listens.
+fn verdict(path: &Path) -> Verdict {
+    let mut child = host_command()
+        .arg("--plugin")
+        .arg(path)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (listening, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = listening.send(line);
+    });
+    let deadline = std::time::Instant::now() + crate::util::TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert_eq!(
+                status.code(),
+                Some(2),
+                "{}: {status}, stderr: {stderr}",
+                path.display()
+            );
+            return Verdict::Refused(stderr);
+        }
+        if heard
+            .try_recv()
+            .is_ok_and(|line| line.starts_with("listening on"))
+        {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return Verdict::Listened;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: neither refused nor listening",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Truncated, bit-flipped and random plugin files: each is refused with
+/// one error line and exit status 2 (or, if a flip left it valid, served),
+/// and never panics the host.
+#[test]
+fn corrupted_plugin_corpus() {
+    let echo = std::fs::read(plugin("echo")).unwrap();
+    let mut seed: u64 = 0x5eed;
+    let mut random = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let mut corpus: Vec<(String, Vec<u8>)> = Vec::new();
+    for cut in [0, 3, 8, 9, 64, 1000, echo.len() / 3, echo.len() - 1] {
+        corpus.push((format!("truncated-{cut}"), echo[..cut].to_vec()));
+    }
+    // Flips in the first 64 KiB hit headers, types and code; the rest of
+    // the file is mostly debug info, where a flip changes nothing.
+    for i in 0..16 {
+        let mut flipped = echo.clone();
+        for _ in 0..=i % 4 {
+            let at = 8 + random() % (64 * 1024);
+            flipped[at] ^= 1 << (random() % 8);
+        }
+        corpus.push((format!("flipped-{i}"), flipped));
+    }
+    for i in 0..4 {
+        let mut noise: Vec<u8> = (0..4096).map(|_| random() as u8).collect();
+        if i % 2 == 0 {
+            noise[..8].copy_from_slice(b"\0asm\x0d\0\x01\0");
+        }
+        corpus.push((format!("random-{i}"), noise));
+    }
+
+    let (mut refused, mut listened) = (0, 0);
+    for (name, bytes) in corpus {
+        let file = Scratch::new(&format!("{name}.wasm"), &bytes);
+        match verdict(&file.0) {
+            Verdict::Refused(stderr) => {
+                refused += 1;
+                assert_eq!(
+                    stderr.lines().count(),
+                    1,
+                    "{name}: one error line, got:\n{stderr}"
+                );
+                assert!(stderr.starts_with("error: plugin "), "{name}: {stderr}");
+                assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+            }
+            Verdict::Listened => listened += 1,
+        }
+    }
+    println!("corrupted plugins: {refused} refused, {listened} still valid");
+    assert!(refused >= 20, "most corruptions are refused ({refused})");
+}
