@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         None => ("help", &[][..]),
     };
     let result = match task {
-        "run" => build_plugins().and_then(|dir| run_host(&dir, rest)),
+        // `cargo xtask run -- FLAGS` works as well as `cargo xtask run FLAGS`.
+        "run" => build_plugins()
+            .and_then(|dir| run_host(&dir, rest.strip_prefix(&["--".to_string()]).unwrap_or(rest))),
         "test" => build_plugins().and_then(|dir| run_tests(&dir, rest)),
         "plugins" => build_plugins().map(|dir| println!("plugins built in {}", dir.display())),
         _ => {
