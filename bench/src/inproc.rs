@@ -1,0 +1,79 @@
+//! In-process figures, through the host's own library: what creating a
+//! connection's sandbox costs, without any network in the way.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use portico_host::bindings::ConnectionInfo;
+use portico_host::counters::Counters;
+use portico_host::plugin::Plugin;
+use portico_host::sandbox::{self, EpochTicker, Limits, Outcome, Sandbox};
+use portico_host::socket::Socket;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Microseconds per (store + WASI context + instantiate), and per whole
+/// connection served by a plugin whose `run` returns at once (the client
+/// has already closed, so echo's first read ends it).
+pub struct Instantiation {
+    pub instantiate_us: f64,
+    pub empty_run_us: f64,
+}
+
+pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiation> {
+    let limits = Limits {
+        max_connections: 64,
+        max_queued: 0,
+        memory_bytes: 64 << 20,
+        cpu_budget: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(300),
+        max_lifetime: None,
+        log_lines_per_second: 100,
+        drain_timeout: Duration::from_secs(30),
+    };
+    let engine = sandbox::engine(&limits)?;
+    let _ticker = EpochTicker::start(&engine)?;
+    let plugin = Plugin::load(&engine, plugin_path, Default::default())?;
+    let sandbox = Sandbox {
+        plugin,
+        limits,
+        counters: Arc::new(Counters::default()),
+        stop: CancellationToken::new(),
+    };
+
+    for _ in 0..iterations / 10 {
+        sandbox.check().await?;
+    }
+    let started = Instant::now();
+    for _ in 0..iterations {
+        sandbox.check().await?;
+    }
+    let instantiate_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(iterations);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut spent = Duration::ZERO;
+    for id in 0..u64::from(iterations) {
+        let client = TcpStream::connect(addr).await?;
+        let (server, peer) = listener.accept().await?;
+        drop(client);
+        let socket = Socket::new(server);
+        let info = ConnectionInfo {
+            id,
+            peer_address: peer.to_string(),
+            local_address: addr.to_string(),
+        };
+        let began = Instant::now();
+        let outcome = sandbox.serve(info, &socket, began).await;
+        spent += began.elapsed();
+        if !matches!(outcome, Outcome::Finished) {
+            anyhow::bail!("the empty run did not finish cleanly");
+        }
+    }
+    Ok(Instantiation {
+        instantiate_us,
+        empty_run_us: spent.as_secs_f64() * 1e6 / f64::from(iterations),
+    })
+}

@@ -1,0 +1,229 @@
+//! `portico-bench`: Portico's echo plugin against a native tokio echo
+//! server, in the same run, on the same machine, with the same load
+//! generator. Rounds alternate which server goes first; every figure is
+//! the median over rounds, with the ratio Portico/native beside it.
+//!
+//! Run it with `cargo xtask bench`; BENCHMARKS.md holds the latest results.
+
+mod inproc;
+mod load;
+mod native;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::server::{Kind, Launch, Server};
+
+#[derive(Parser)]
+#[command(about = "Benchmark Portico against a native tokio echo server")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The `host` binary to benchmark (built with --release).
+    #[arg(long, default_value = "target/release/host")]
+    host: PathBuf,
+    /// The echo plugin.
+    #[arg(long, default_value = "target/wasm32-wasip2/release/echo.wasm")]
+    plugin: PathBuf,
+    /// Rounds; each runs every scenario on both servers.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// How long each load scenario runs, in seconds.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Idle connections held open for the memory figures.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the native baseline server (the benchmark starts it itself).
+    NativeEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+/// What one round measured on one server.
+#[derive(Default)]
+struct Figures {
+    conn_per_second: f64,
+    fresh_p50_us: f64,
+    fresh_p99_us: f64,
+    fresh_p999_us: f64,
+    ping_pong_mib: f64,
+    ping_pong_fairness: f64,
+    streaming_mib: f64,
+    streaming_fairness: f64,
+    idle_kib_per_connection: f64,
+    rss_growth_after_close_mib: f64,
+    mappings_at_peak: f64,
+    startup_ms: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(Command::NativeEcho { listen }) = args.command {
+        return native::serve(listen);
+    }
+    rlimit::increase_nofile_limit(args.idle_connections as u64 * 2 + 1024)?;
+    let launch = Launch {
+        host: args.host.clone(),
+        plugin: args.plugin.clone(),
+        max_connections: args.idle_connections as u32 + 256,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let duration = Duration::from_secs(args.seconds);
+
+    let mut portico = Vec::new();
+    let mut native = Vec::new();
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 {
+            [Kind::Portico, Kind::Native]
+        } else {
+            [Kind::Native, Kind::Portico]
+        };
+        for kind in order {
+            eprintln!("round {} of {}: {kind:?}", round + 1, args.rounds);
+            let figures = runtime
+                .block_on(measure(kind, &launch, duration, args.idle_connections))
+                .with_context(|| format!("{kind:?}, round {}", round + 1))?;
+            match kind {
+                Kind::Portico => portico.push(figures),
+                Kind::Native => native.push(figures),
+            }
+        }
+    }
+    let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
+    report(&portico, &native, &inproc, &args);
+    Ok(())
+}
+
+async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -> Result<Figures> {
+    let spawned = Instant::now();
+    let server = Server::start(kind, launch)?;
+    first_echo(server.addr).await?;
+    let startup_ms = spawned.elapsed().as_secs_f64() * 1e3;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+
+    let fresh = load::conn_rate(server.addr, 32, duration)
+        .await
+        .context("connection rate")?;
+    let ping_pong = load::ping_pong(server.addr, 64, 4096, duration)
+        .await
+        .context("ping-pong")?;
+    let streaming = load::streaming(server.addr, 16, 64 * 1024, duration)
+        .await
+        .context("streaming")?;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.rss_kib()?;
+    let open = load::open_idle(server.addr, idle)
+        .await
+        .context("idle connections")?;
+    let at_peak = server.rss_kib()?;
+    let mappings_at_peak = server.mappings()? as f64;
+    drop(open);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = server.rss_kib()?;
+
+    Ok(Figures {
+        conn_per_second: fresh.per_second,
+        fresh_p50_us: us(load::quantile(&fresh.latencies, 0.5)),
+        fresh_p99_us: us(load::quantile(&fresh.latencies, 0.99)),
+        fresh_p999_us: us(load::quantile(&fresh.latencies, 0.999)),
+        ping_pong_mib: ping_pong.mib_per_second,
+        ping_pong_fairness: ping_pong.slowest_over_mean,
+        streaming_mib: streaming.mib_per_second,
+        streaming_fairness: streaming.slowest_over_mean,
+        idle_kib_per_connection: at_peak.saturating_sub(before) as f64 / idle as f64,
+        rss_growth_after_close_mib: after as f64 / 1024.0 - before as f64 / 1024.0,
+        mappings_at_peak,
+        startup_ms,
+    })
+}
+
+/// Waits until the server echoes on a fresh connection.
+async fn first_echo(addr: SocketAddr) -> Result<()> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"!").await?;
+    let mut back = [0u8; 1];
+    stream.read_exact(&mut back).await?;
+    Ok(())
+}
+
+fn median(figures: &[Figures], metric: fn(&Figures) -> f64) -> f64 {
+    let mut values: Vec<f64> = figures.iter().map(metric).collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiation, args: &Args) {
+    type Metric = (&'static str, fn(&Figures) -> f64, &'static str);
+    let metrics: [Metric; 12] = [
+        (
+            "connection rate, conn/s (32 clients)",
+            |f| f.conn_per_second,
+            "ratio >= 0.7",
+        ),
+        ("fresh connection p50, us", |f| f.fresh_p50_us, ""),
+        ("fresh connection p99, us", |f| f.fresh_p99_us, "ratio <= 2"),
+        ("fresh connection p99.9, us", |f| f.fresh_p999_us, ""),
+        (
+            "ping-pong 4 KiB x64, MiB/s",
+            |f| f.ping_pong_mib,
+            "ratio >= 0.85",
+        ),
+        ("ping-pong slowest/mean", |f| f.ping_pong_fairness, ">= 0.5"),
+        (
+            "streaming 64 KiB x16, MiB/s",
+            |f| f.streaming_mib,
+            "ratio >= 0.9",
+        ),
+        ("streaming slowest/mean", |f| f.streaming_fairness, ">= 0.5"),
+        (
+            "RSS per idle connection, KiB",
+            |f| f.idle_kib_per_connection,
+            "<= 24",
+        ),
+        (
+            "RSS 5 s after close - before, MiB",
+            |f| f.rss_growth_after_close_mib,
+            "<= 20",
+        ),
+        ("memory mappings at peak", |f| f.mappings_at_peak, ""),
+        ("start-up to first echo, ms", |f| f.startup_ms, ""),
+    ];
+    println!(
+        "portico-bench: {} rounds, {} s per scenario, {} idle connections; medians",
+        args.rounds, args.seconds, args.idle_connections
+    );
+    println!("| metric | Portico | native | Portico/native | target |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for (name, metric, target) in metrics {
+        let (p, n) = (median(portico, metric), median(native, metric));
+        let ratio = if n != 0.0 {
+            format!("{:.2}", p / n)
+        } else {
+            "-".into()
+        };
+        println!("| {name} | {p:.2} | {n:.2} | {ratio} | {target} |");
+    }
+    println!(
+        "| instantiate (store + WASI context + instance), us | {:.1} | - | - | <= 15 |",
+        inproc.instantiate_us
+    );
+    println!(
+        "| empty connection served in-process, us | {:.1} | - | - | |",
+        inproc.empty_run_us
+    );
+}

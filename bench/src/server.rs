@@ -1,0 +1,99 @@
+//! The two servers under test, each a child process: the Portico host with
+//! the echo plugin, and the native baseline.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Which server a figure is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Portico,
+    Native,
+}
+
+/// How to start each server.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub host: PathBuf,
+    pub plugin: PathBuf,
+    /// Room for the 10,000-connection scenario, plus the load.
+    pub max_connections: u32,
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    pub fn start(kind: Kind, launch: &Launch) -> Result<Server> {
+        let mut command = match kind {
+            Kind::Portico => {
+                let mut command = Command::new(&launch.host);
+                command
+                    .arg("--plugin")
+                    .arg(&launch.plugin)
+                    .args(["--max-connections", &launch.max_connections.to_string()])
+                    .args(["--max-queued", "0"])
+                    .env("PORTICO_LOG", "warn");
+                command
+            }
+            Kind::Native => {
+                let mut command = Command::new(std::env::current_exe()?);
+                command.arg("native-echo");
+                command
+            }
+        };
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the {kind:?} server"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            bail!("{kind:?} server printed {line:?}");
+        };
+        Ok(Server {
+            addr: addr.parse()?,
+            child,
+        })
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("no value")?
+            .parse()?)
+    }
+
+    /// Memory mappings the process holds (the kernel caps them with
+    /// `vm.max_map_count`).
+    pub fn mappings(&self) -> Result<usize> {
+        Ok(
+            std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))?
+                .lines()
+                .count(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
