@@ -49,7 +49,6 @@ const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// second signal cut the drain short.
 pub async fn run(args: Args) -> Result<ExitCode> {
     let limits = args.limits()?;
-    check_file_limit(&limits);
     let engine = sandbox::engine(&limits)?;
     let _ticker = EpochTicker::start(&engine)?;
     let config = args.config.into_iter().collect();
@@ -76,8 +75,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     println!("listening on {local}");
     info!(plugin = %args.plugin.display(), %local, limits = ?sandbox.limits, "listening");
 
+    let ceiling = connection_ceiling(&sandbox.limits);
     let tracker = TaskTracker::new();
-    accept_loop(listener, &sandbox, &tracker, signals.next()).await;
+    accept_loop(listener, &sandbox, ceiling, &tracker, signals.next()).await;
     let finished = drain(&sandbox, &tracker, &mut signals).await;
     info!(counters = %sandbox.counters, "stopped");
     Ok(if finished {
@@ -110,30 +110,77 @@ impl Signals {
     }
 }
 
-/// Raises the soft limit on open files as far as the hard limit allows, and
-/// warns if it is still too low for the connections the flags allow.
-fn check_file_limit(limits: &sandbox::Limits) {
-    let wanted = u64::from(limits.max_connections) + u64::from(limits.max_queued) + 64;
-    match rlimit::increase_nofile_limit(wanted) {
-        Ok(got) if got < wanted => warn!(
-            "the open-file limit is {got}, fewer than the {wanted} that --max-connections and \
-             --max-queued may need: accepts will fail past it (raise it with `ulimit -n`)"
-        ),
-        Ok(_) => {}
-        Err(error) => warn!("cannot read the open-file limit: {error}"),
+/// Memory mappings one live connection adds (measured with the echo
+/// plugin by `portico-bench`: its memory's copy-on-write image splits the
+/// memory slot, and its fiber stack and tables add a few more).
+const MAPPINGS_PER_CONNECTION: u64 = 4;
+/// Mappings and files kept free for everything else the process does.
+const HEADROOM: u64 = 1024;
+
+/// How many connections this process can hold: the open-file limit (raised
+/// as far as the hard limit allows) and the kernel's cap on memory mappings
+/// (`vm.max_map_count`) both bound it. Logs the figure and what to raise
+/// for more; if `--max-connections` asks for more than fits, admits only
+/// what fits, so that the host refuses connections at the ceiling instead
+/// of failing to instantiate them.
+fn connection_ceiling(limits: &sandbox::Limits) -> u32 {
+    let wanted = u64::from(limits.max_connections) + u64::from(limits.max_queued) + HEADROOM;
+    let files = match rlimit::increase_nofile_limit(wanted) {
+        Ok(files) => files,
+        Err(error) => {
+            warn!("cannot read the open-file limit: {error}");
+            wanted
+        }
+    };
+    let by_files = files.saturating_sub(HEADROOM + u64::from(limits.max_queued));
+    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let mapped =
+        std::fs::read_to_string("/proc/self/maps").map_or(0, |maps| maps.lines().count() as u64);
+    let by_mappings = max_map_count.map_or(u64::MAX, |max| {
+        max.saturating_sub(mapped + HEADROOM) / MAPPINGS_PER_CONNECTION
+    });
+
+    let ceiling = by_files
+        .min(by_mappings)
+        .min(u64::from(limits.max_connections));
+    let ceiling = u32::try_from(ceiling)
+        .unwrap_or(limits.max_connections)
+        .max(1);
+    info!(
+        ceiling, open_files = files, max_map_count = ?max_map_count, mappings = mapped,
+        "connections this process can hold"
+    );
+    if ceiling < limits.max_connections {
+        let binding = if by_mappings < by_files {
+            format!(
+                "{mapped} memory mappings in use of vm.max_map_count {}: raise it with \
+                 `sysctl -w vm.max_map_count=N`",
+                max_map_count.unwrap_or_default()
+            )
+        } else {
+            format!("the open-file limit is {files}: raise it with `ulimit -n`")
+        };
+        warn!(
+            "--max-connections {} does not fit, serving at most {ceiling} at once: {binding}",
+            limits.max_connections
+        );
     }
+    ceiling
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves, and admits
-/// each one (see the module doc).
+/// each one (see the module doc), serving at most `max_connections` at once.
 async fn accept_loop(
     listener: TcpListener,
     sandbox: &Arc<Sandbox>,
+    max_connections: u32,
     tracker: &TaskTracker,
     shutdown: impl Future<Output = &'static str>,
 ) {
     let counters = &sandbox.counters;
-    let places = Arc::new(Semaphore::new(sandbox.limits.max_connections as usize));
+    let places = Arc::new(Semaphore::new(max_connections as usize));
     let mut next_id = 0u64;
     let mut last_refusal_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -187,7 +234,7 @@ async fn accept_loop(
                 last_refusal_warning = Some(Instant::now());
                 warn!(
                     conn = id, %peer, refused = counters.refused.load(Relaxed),
-                    "refused: {} connections served and {} queued", sandbox.limits.max_connections,
+                    "refused: {max_connections} connections served and {} queued",
                     sandbox.limits.max_queued
                 );
             }

@@ -4,6 +4,9 @@
 //!   the host with the echo plugin (extra flags go to the host).
 //! - `cargo xtask test [CARGO TEST ARGS...]`: set up, build the plugins
 //!   (examples and test plugins), and run every test.
+//! - `cargo xtask bench [BENCH FLAGS...]`: set up, build the plugins and
+//!   the host in release mode, and run the benchmark against a native
+//!   echo server (see BENCHMARKS.md).
 //! - `cargo xtask plugins`: set up and build the plugins only.
 //!
 //! "Set up" means installing the `wasm32-wasip2` target with rustup.
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         "run" => build_plugins()
             .and_then(|dir| run_host(&dir, rest.strip_prefix(&["--".to_string()]).unwrap_or(rest))),
         "test" => build_plugins().and_then(|dir| run_tests(&dir, rest)),
+        "bench" => build_plugins().and_then(|dir| run_bench(&dir, rest)),
         "plugins" => build_plugins().map(|dir| println!("plugins built in {}", dir.display())),
         _ => {
             eprintln!(
@@ -106,6 +110,26 @@ fn run_tests(plugin_dir: &Path, test_args: &[String]) -> Result<()> {
         .env("PORTICO_PLUGIN_DIR", plugin_dir)
         .args(["test", "--workspace"])
         .args(test_args))
+}
+
+fn run_bench(plugin_dir: &Path, bench_args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "portico-host",
+        "--package",
+        "portico-bench",
+    ]))?;
+    let release = target_dir(&root).join("release");
+    run(Command::new(release.join("portico-bench"))
+        .current_dir(&root)
+        .arg("--host")
+        .arg(release.join("host"))
+        .arg("--plugin")
+        .arg(plugin_dir.join("echo.wasm"))
+        .args(bench_args))
 }
 
 fn cargo() -> String {
