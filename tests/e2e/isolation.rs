@@ -1,27 +1,13 @@
 use std::io::Write;
-use std::net::TcpStream;
 
-use crate::util::{Host, assert_closed, read_line};
-
-/// Opens a connection in echo mode and checks that it echoes.
-fn echo_connection(host: &Host) -> TcpStream {
-    let mut stream = host.connect();
-    stream.write_all(b"echo\n").unwrap();
-    assert_eq!(read_line(&mut stream), "ok\n");
-    assert_still_echoes(&mut stream, "first");
-    stream
-}
-
-fn assert_still_echoes(stream: &mut TcpStream, text: &str) {
-    stream.write_all(format!("{text}\n").as_bytes()).unwrap();
-    assert_eq!(read_line(stream), format!("{text}\n"));
-}
+use crate::util::{Host, assert_closed, echo_connection, echoes};
 
 /// Asks a new connection to misbehave with `command`; checks that only it
 /// is closed and that the host logs `expected` about it.
 fn misbehave_alone(command: &str, expected: &[&str]) {
     let host = Host::start("misbehave", &[]);
     let mut bystander = echo_connection(&host);
+    assert!(echoes(&mut bystander, "first"));
 
     let mut culprit = host.connect();
     culprit
@@ -32,9 +18,9 @@ fn misbehave_alone(command: &str, expected: &[&str]) {
     parts.extend_from_slice(expected);
     host.wait_for_log(&parts);
 
-    assert_still_echoes(&mut bystander, "after");
+    assert!(echoes(&mut bystander, "after"));
     let mut newcomer = echo_connection(&host);
-    assert_still_echoes(&mut newcomer, "newcomer");
+    assert!(echoes(&mut newcomer, "newcomer"));
 }
 
 /// A trap (`unreachable`) closes only its connection and is logged with

@@ -2,20 +2,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::util::{Host, assert_closed, read_line};
-
-/// Opens a connection to the misbehave plugin in echo mode.
-fn echo_connection(host: &Host) -> TcpStream {
-    let mut stream = host.connect();
-    stream.write_all(b"echo\n").unwrap();
-    assert_eq!(read_line(&mut stream), "ok\n");
-    stream
-}
-
-fn echoes(stream: &mut TcpStream, text: &str) -> bool {
-    stream.write_all(format!("{text}\n").as_bytes()).is_ok()
-        && read_line(stream) == format!("{text}\n")
-}
+use crate::util::{Host, assert_closed, echo_connection, echoes, read_line};
 
 /// SIGTERM stops accepting at once; a live connection keeps being served
 /// until its client is done, then the host logs its counters and exits 0.

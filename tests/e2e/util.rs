@@ -210,6 +210,20 @@ pub fn read_line(stream: &mut TcpStream) -> String {
     String::from_utf8(line).unwrap()
 }
 
+/// Opens a connection to the misbehave plugin in echo mode.
+pub fn echo_connection(host: &Host) -> TcpStream {
+    let mut stream = host.connect();
+    stream.write_all(b"echo\n").unwrap();
+    assert_eq!(read_line(&mut stream), "ok\n");
+    stream
+}
+
+/// Whether `text` and a newline, sent on `stream`, come back.
+pub fn echoes(stream: &mut TcpStream, text: &str) -> bool {
+    stream.write_all(format!("{text}\n").as_bytes()).is_ok()
+        && read_line(stream) == format!("{text}\n")
+}
+
 /// Asserts the host closed `stream`: the next read sees end-of-file (or a
 /// reset).
 pub fn assert_closed(stream: &mut TcpStream) {
