@@ -68,7 +68,8 @@ impl Counters {
         self.max_concurrent.fetch_max(now, Relaxed);
     }
 
-    pub fn connection_ended(&self) {
-        self.current.fetch_sub(1, Relaxed);
+    /// Records a connection ending; returns how many are left.
+    pub fn connection_ended(&self) -> u64 {
+        self.current.fetch_sub(1, Relaxed) - 1
     }
 }

@@ -304,8 +304,44 @@ async fn serve_connection(
     };
     let outcome = sandbox.serve(info, &socket, accepted).await;
     close(&socket).await;
-    counters.connection_ended();
+    let left = counters.connection_ended();
     log_outcome(counters, id, accepted, &socket, outcome);
+    drop(socket);
+    if left == 0 {
+        heap::release_when_idle();
+    }
+}
+
+/// Giving freed heap back to the system once the host is idle.
+mod heap {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// Least time between two trims: a trim walks the whole heap.
+    const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
+
+    /// glibc keeps the heap freed by closed connections in its per-thread
+    /// arenas, fragmented: after a peak of 10,000 connections, over
+    /// 100 MiB. Called when the last live connection has ended; trims at
+    /// most every [`TRIM_INTERVAL`], on a blocking thread.
+    pub fn release_when_idle() {
+        let mut last = LAST_TRIM
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_some_and(|last| last.elapsed() < TRIM_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only returns free memory to the system.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+    }
 }
 
 /// Logs the one `closed` line of a connection, and counts how it ended.
