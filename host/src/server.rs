@@ -308,39 +308,7 @@ async fn serve_connection(
     log_outcome(counters, id, accepted, &socket, outcome);
     drop(socket);
     if left == 0 {
-        heap::release_when_idle();
-    }
-}
-
-/// Giving freed heap back to the system once the host is idle.
-mod heap {
-    use std::sync::Mutex;
-    use std::time::{Duration, Instant};
-
-    /// Least time between two trims: a trim walks the whole heap.
-    const TRIM_INTERVAL: Duration = Duration::from_secs(5);
-
-    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
-
-    /// glibc keeps the heap freed by closed connections in its per-thread
-    /// arenas, fragmented: after a peak of 10,000 connections, over
-    /// 100 MiB. Called when the last live connection has ended; trims at
-    /// most every [`TRIM_INTERVAL`], on a blocking thread.
-    pub fn release_when_idle() {
-        let mut last = LAST_TRIM
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.is_some_and(|last| last.elapsed() < TRIM_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-        tokio::task::spawn_blocking(|| {
-            // SAFETY: malloc_trim only returns free memory to the system.
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        });
+        heap::release_when_idle(sandbox.counters.clone());
     }
 }
 
@@ -420,4 +388,54 @@ async fn close(socket: &Socket) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIMEOUT, discard).await;
+}
+
+/// Giving freed heap back to the system once the host is idle.
+mod heap {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::counters::Counters;
+
+    /// Least time between two trims: a trim walks the whole heap.
+    const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
+    static TRIM_SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+    /// glibc keeps the heap freed by closed connections in its per-thread
+    /// arenas, fragmented: after a peak of 10,000 connections, over
+    /// 100 MiB. Called when the last live connection has ended: trims on a
+    /// blocking thread, at most every [`TRIM_INTERVAL`] (a trim that comes
+    /// too soon waits its turn) and only if the host is still idle then.
+    pub fn release_when_idle(counters: Arc<Counters>) {
+        if TRIM_SCHEDULED.swap(true, Relaxed) {
+            return;
+        }
+        let last = *LAST_TRIM
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let wait = last.map_or(Duration::ZERO, |last| {
+            TRIM_INTERVAL.saturating_sub(last.elapsed())
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            TRIM_SCHEDULED.store(false, Relaxed);
+            if counters.current.load(Relaxed) != 0 {
+                return;
+            }
+            *LAST_TRIM
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+            tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only returns free memory to the system.
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        });
+    }
 }
