@@ -102,8 +102,7 @@ pub fn engine(limits: &Limits) -> Result<Engine> {
         .max_memory_size(limits.memory_bytes)
         // A freed slot goes back to the system at once rather than staying
         // warm: otherwise a peak of N connections keeps ~150 KiB resident
-        // per slot for ever (measured at 10,000 connections: 1.5 GiB). It
-        // costs ~4 us per instantiation (see BENCHMARKS.md).
+        // per slot for ever (measured at 10,000 connections: 1.5 GiB).
         .max_unused_warm_slots(0)
         // Decommitting is an madvise per freed slot, and each one interrupts
         // every core to flush its TLB (18% of host CPU under connection
