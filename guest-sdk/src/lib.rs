@@ -54,7 +54,9 @@
 //! standard library calls for them fail with an error.
 //!
 //! Returning an error from [`Handler::run`] closes the connection and logs
-//! the error's message on the host; so does a panic.
+//! the error's message on the host; so does a panic. An `io::Error` of kind
+//! `BrokenPipe`, which writing to a client that has gone away returns, is
+//! not reported: the connection simply ended.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -131,8 +133,20 @@ impl<H: Handler> bindings::Guest for Export<H> {
         output: &bindings::wasi::io::streams::OutputStream,
     ) -> std::result::Result<(), String> {
         let mut conn = Connection::new(info, input, output);
-        H::run(&mut conn).map_err(|error| error_chain(&*error))
+        match H::run(&mut conn) {
+            Ok(()) => Ok(()),
+            // The client left while the plugin was still writing: nobody is
+            // left to serve, which is how connections end, not a failure.
+            Err(error) if is_client_gone(&*error) => Ok(()),
+            Err(error) => Err(error_chain(&*error)),
+        }
     }
+}
+
+fn is_client_gone(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Renders an error with its causes, `outer: inner: innermost`, for the

@@ -72,3 +72,19 @@ fn reset_ends_run_and_host_carries_on() {
     next.write_all(b"still here\n").unwrap();
     assert_eq!(read_line(&mut next), "still here\n");
 }
+
+/// A client that resets while the plugin is writing to it ends the
+/// connection normally: the plugin's broken pipe is not a plugin error.
+#[test]
+fn client_leaving_mid_write_is_a_normal_end() {
+    let host = crate::util::Host::start("misbehave", &[]);
+    let mut stream = host.connect();
+    stream.write_all(b"flood\n").unwrap();
+    let mut some = [0; 4096];
+    std::io::Read::read_exact(&mut stream, &mut some).unwrap();
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    host.wait_for_log(&["closed", "conn=1", "outcome=\"ok\""]);
+}
