@@ -338,8 +338,9 @@ impl Sandbox {
             () = self.stop.cancelled() => Outcome::Stopped(StopReason::Shutdown),
         };
 
-        let returned = matches!(outcome, Outcome::Finished | Outcome::Failed(_));
-        if let (true, Ok(mut output)) = (returned, store.data_mut().table.delete(output)) {
+        if matches!(outcome, Outcome::Finished | Outcome::Failed(_))
+            && let Ok(mut output) = store.data_mut().table.delete(output)
+        {
             let timeout = FLUSH_TIMEOUT.min(self.limits.idle_timeout);
             let _ = tokio::time::timeout(timeout, output.ready()).await;
         }

@@ -306,7 +306,6 @@ async fn serve_connection(
     close(&socket).await;
     let left = counters.connection_ended();
     log_outcome(counters, id, accepted, &socket, outcome);
-    drop(socket);
     if left == 0 {
         heap::release_when_idle(sandbox.counters.clone());
     }
