@@ -51,6 +51,10 @@ enum Command {
     },
 }
 
+/// Bytes each streaming connection may have in flight: four 64 KiB writes.
+/// See [`load::streaming`] for why there is a bound at all.
+const STREAMING_WINDOW: u64 = 256 * 1024;
+
 /// What one round measured on one server.
 #[derive(Default)]
 struct Figures {
@@ -58,11 +62,17 @@ struct Figures {
     fresh_p50_us: f64,
     fresh_p99_us: f64,
     fresh_p999_us: f64,
+    conn_cpu_user_us: f64,
+    conn_cpu_system_us: f64,
     ping_pong_mib: f64,
     ping_pong_fairness: f64,
+    ping_pong_stall_ms: f64,
     streaming_mib: f64,
     streaming_fairness: f64,
+    streaming_stall_ms: f64,
+    streaming_cpu_ms_per_mib: f64,
     idle_kib_per_connection: f64,
+    idle_private_kib_per_connection: f64,
     rss_growth_after_close_mib: f64,
     mappings_at_peak: f64,
     startup_ms: f64,
@@ -114,23 +124,32 @@ async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -
     first_echo(server.addr).await?;
     let startup_ms = spawned.elapsed().as_secs_f64() * 1e3;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let per_connection = |peak: u64, before: u64| peak.saturating_sub(before) as f64 / idle as f64;
 
+    let cpu_before = server.cpu()?;
     let fresh = load::conn_rate(server.addr, 32, duration)
         .await
         .context("connection rate")?;
+    let conn_cpu = server.cpu()? - cpu_before;
+    let per_conn_us = |seconds: f64| seconds * 1e6 / fresh.latencies.len().max(1) as f64;
     let ping_pong = load::ping_pong(server.addr, 64, 4096, duration)
         .await
         .context("ping-pong")?;
-    let streaming = load::streaming(server.addr, 16, 64 * 1024, duration)
+    let cpu_before = server.cpu()?;
+    let streaming = load::streaming(server.addr, 16, 64 * 1024, STREAMING_WINDOW, duration)
         .await
         .context("streaming")?;
+    let streaming_cpu = server.cpu()? - cpu_before;
+    let streamed_mib = streaming.mib_per_second * duration.as_secs_f64();
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.rss_kib()?;
+    let private_before = server.private_kib()?;
     let open = load::open_idle(server.addr, idle)
         .await
         .context("idle connections")?;
     let at_peak = server.rss_kib()?;
+    let private_at_peak = server.private_kib()?;
     let mappings_at_peak = server.mappings()? as f64;
     drop(open);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -141,11 +160,18 @@ async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -
         fresh_p50_us: us(load::quantile(&fresh.latencies, 0.5)),
         fresh_p99_us: us(load::quantile(&fresh.latencies, 0.99)),
         fresh_p999_us: us(load::quantile(&fresh.latencies, 0.999)),
+        conn_cpu_user_us: per_conn_us(conn_cpu.user_s),
+        conn_cpu_system_us: per_conn_us(conn_cpu.system_s),
         ping_pong_mib: ping_pong.mib_per_second,
         ping_pong_fairness: ping_pong.slowest_over_mean,
+        ping_pong_stall_ms: us(ping_pong.longest_stall) / 1e3,
         streaming_mib: streaming.mib_per_second,
         streaming_fairness: streaming.slowest_over_mean,
-        idle_kib_per_connection: at_peak.saturating_sub(before) as f64 / idle as f64,
+        streaming_stall_ms: us(streaming.longest_stall) / 1e3,
+        streaming_cpu_ms_per_mib: (streaming_cpu.user_s + streaming_cpu.system_s) * 1e3
+            / streamed_mib.max(f64::MIN_POSITIVE),
+        idle_kib_per_connection: per_connection(at_peak, before),
+        idle_private_kib_per_connection: per_connection(private_at_peak, private_before),
         rss_growth_after_close_mib: after as f64 / 1024.0 - before as f64 / 1024.0,
         mappings_at_peak,
         startup_ms,
@@ -169,7 +195,7 @@ fn median(figures: &[Figures], metric: fn(&Figures) -> f64) -> f64 {
 
 fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiation, args: &Args) {
     type Metric = (&'static str, fn(&Figures) -> f64, &'static str);
-    let metrics: [Metric; 12] = [
+    let metrics: [Metric; 18] = [
         (
             "connection rate, conn/s (32 clients)",
             |f| f.conn_per_second,
@@ -179,21 +205,43 @@ fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiatio
         ("fresh connection p99, us", |f| f.fresh_p99_us, "ratio <= 2"),
         ("fresh connection p99.9, us", |f| f.fresh_p999_us, ""),
         (
+            "server CPU per connection, user, us",
+            |f| f.conn_cpu_user_us,
+            "",
+        ),
+        (
+            "server CPU per connection, kernel, us",
+            |f| f.conn_cpu_system_us,
+            "",
+        ),
+        (
             "ping-pong 4 KiB x64, MiB/s",
             |f| f.ping_pong_mib,
             "ratio >= 0.85",
         ),
         ("ping-pong slowest/mean", |f| f.ping_pong_fairness, ">= 0.5"),
+        ("ping-pong longest stall, ms", |f| f.ping_pong_stall_ms, ""),
         (
             "streaming 64 KiB x16, MiB/s",
             |f| f.streaming_mib,
             "ratio >= 0.9",
         ),
         ("streaming slowest/mean", |f| f.streaming_fairness, ">= 0.5"),
+        ("streaming longest stall, ms", |f| f.streaming_stall_ms, ""),
+        (
+            "server CPU per MiB streamed, ms",
+            |f| f.streaming_cpu_ms_per_mib,
+            "",
+        ),
         (
             "RSS per idle connection, KiB",
             |f| f.idle_kib_per_connection,
             "<= 24",
+        ),
+        (
+            "private memory per idle connection, KiB",
+            |f| f.idle_private_kib_per_connection,
+            "",
         ),
         (
             "RSS 5 s after close - before, MiB",

@@ -24,6 +24,24 @@ pub struct Launch {
     pub max_connections: u32,
 }
 
+/// CPU time, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub user_s: f64,
+    pub system_s: f64,
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+
+    fn sub(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user_s: self.user_s - earlier.user_s,
+            system_s: self.system_s - earlier.system_s,
+        }
+    }
+}
+
 /// A running server, killed when dropped.
 pub struct Server {
     child: Child,
@@ -78,6 +96,41 @@ impl Server {
             .nth(1)
             .context("no value")?
             .parse()?)
+    }
+
+    /// CPU time the server has used so far, in user space and in the
+    /// kernel.
+    pub fn cpu(&self) -> Result<CpuTime> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The command name, in parentheses, may hold spaces: fields are
+        // counted from after it. utime and stime are fields 14 and 15.
+        let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+        let mut fields = after_name.split_whitespace().skip(11);
+        let mut ticks = || -> Result<f64> { Ok(fields.next().context("short stat")?.parse()?) };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(CpuTime {
+            user_s: ticks()? / per_second,
+            system_s: ticks()? / per_second,
+        })
+    }
+
+    /// Memory no other process or mapping shares (RSS without the shared
+    /// pages, such as a plugin's read-only data that every instance maps),
+    /// in KiB.
+    pub fn private_kib(&self) -> Result<u64> {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.child.id()))?;
+        let mut total = 0;
+        for line in rollup.lines() {
+            if let Some(rest) = line
+                .strip_prefix("Private_Clean:")
+                .or_else(|| line.strip_prefix("Private_Dirty:"))
+            {
+                let kib = rest.split_whitespace().next().context("no value")?;
+                total += kib.parse::<u64>()?;
+            }
+        }
+        Ok(total)
     }
 
     /// Memory mappings the process holds (the kernel caps them with
