@@ -1,0 +1,57 @@
+//! The benchmark keeps working: one short round against the host built for
+//! the tests. A debug build's figures say nothing about speed and are not
+//! checked; a clean run is, since the benchmark verifies every echoed byte
+//! and fails on any error.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn a_short_round_runs_clean() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_portico-bench"));
+    // `cargo test --workspace` builds the host into the same folder: the
+    // host's own tests need it.
+    let host = bench.with_file_name("host");
+    assert!(
+        host.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        host.display()
+    );
+    let plugins = std::env::var_os("PORTICO_PLUGIN_DIR")
+        .expect("PORTICO_PLUGIN_DIR is unset: run the tests with `cargo xtask test`");
+
+    let output = Command::new(&bench)
+        .arg("--host")
+        .arg(&host)
+        .arg("--plugin")
+        .arg(PathBuf::from(plugins).join("echo.wasm"))
+        .args([
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--idle-connections",
+            "200",
+        ])
+        .output()
+        .expect("cannot start portico-bench");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "portico-bench failed:\n{}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for metric in [
+        "connection rate",
+        "ping-pong",
+        "streaming",
+        "RSS per idle connection",
+        "instantiate",
+    ] {
+        assert!(
+            stdout.contains(metric),
+            "no {metric:?} figure in:\n{stdout}"
+        );
+    }
+}
