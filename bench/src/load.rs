@@ -36,6 +36,15 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Opens `count` connections, one after the other.
+async fn connect_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpStream>> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        streams.push(connect(addr).await?);
+    }
+    Ok(streams)
+}
+
 /// Fresh connections: connect, echo 64 bytes, close.
 pub struct ConnRate {
     pub per_second: f64,
@@ -150,10 +159,7 @@ pub async fn ping_pong(
     size: usize,
     duration: Duration,
 ) -> Result<Throughput> {
-    let mut streams = Vec::new();
-    for _ in 0..connections {
-        streams.push(connect(addr).await?);
-    }
+    let streams = connect_all(addr, connections).await?;
     let started = Instant::now();
     let deadline = started + duration;
     let progress: Vec<_> = (0..connections).map(|_| Progress::new(started)).collect();
@@ -200,15 +206,13 @@ pub async fn streaming(
     window: u64,
     duration: Duration,
 ) -> Result<Throughput> {
-    let mut streams = Vec::new();
-    for _ in 0..connections {
-        streams.push(connect(addr).await?.into_split());
-    }
+    let streams = connect_all(addr, connections).await?;
     let started = Instant::now();
     let progress: Vec<_> = (0..connections).map(|_| Progress::new(started)).collect();
     let mut readers = Vec::new();
     let mut writers = Vec::new();
-    for ((input, output), progress) in streams.into_iter().zip(progress.iter().cloned()) {
+    for (stream, progress) in streams.into_iter().zip(progress.iter().cloned()) {
+        let (input, output) = stream.into_split();
         let (echoed_tx, echoed) = watch::channel(0u64);
         writers.push(tokio::spawn(write_ahead(output, chunk, window, echoed)));
         readers.push(tokio::spawn(read_echo(input, progress, echoed_tx)));
