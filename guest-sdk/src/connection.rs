@@ -98,6 +98,13 @@ impl Write for Connection<'_> {
 }
 
 impl Input<'_> {
+    /// The `wasi:io` stream underneath. Not a stable API: the test plugins
+    /// use it to misuse the stream as a hostile plugin would.
+    #[doc(hidden)]
+    pub fn wasi_stream(&self) -> &InputStream {
+        self.stream
+    }
+
     /// Waits until input is ready or `timeout` has passed.
     fn wait(&self, timeout: Duration) -> io::Result<()> {
         let readable = self.stream.subscribe();
@@ -128,6 +135,15 @@ impl Read for Input<'_> {
             Err(StreamError::Closed) => Ok(0),
             Err(error) => Err(io_error(error)),
         }
+    }
+}
+
+impl Output<'_> {
+    /// The `wasi:io` stream underneath. Not a stable API: the test plugins
+    /// use it to misuse the stream as a hostile plugin would.
+    #[doc(hidden)]
+    pub fn wasi_stream(&self) -> &OutputStream {
+        self.stream
     }
 }
 

@@ -2,13 +2,26 @@
 //! every way a third-party plugin can go wrong is one line away.
 //!
 //! `echo` echoes the rest of the connection; the other commands misbehave
-//! (trap, panic, fail, exit, spin, exhaust memory or stack, flood, spam)
-//! or try what the sandbox forbids and report the outcome to the client.
+//! (trap, panic, fail, exit, spin, exhaust memory or stack, flood, spam,
+//! forge log lines, ask host calls for huge amounts) or try what the
+//! sandbox forbids and report the outcome to the client.
+//!
+//! Code also runs at instantiation, before `run`: the settings `init`
+//! (`spin` or `sleep`) and `init-after-ms` (a Unix time in milliseconds)
+//! make every instance created from then on spin or sleep for ever in
+//! `_initialize`, which is how a plugin passes the host's start-up check
+//! and then hangs every connection.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::time::Duration;
 
+use portico_guest_sdk::bindings::wasi;
 use portico_guest_sdk::{Connection, Handler};
+
+/// An error message that, logged raw, would read as a second host line
+/// claiming a connection ended well.
+const FORGED: &str = "fine\n2026-01-01T00:00:00.000000Z  INFO portico_host::server: \
+                      closed conn=424242 elapsed_ms=0 bytes_in=0 bytes_out=0 outcome=\"ok\"";
 
 struct Misbehave;
 
@@ -22,6 +35,7 @@ impl Handler for Misbehave {
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
         let arg = words.next().unwrap_or("");
+        let number = arg.parse::<u64>().unwrap_or(1);
         match command {
             "echo" => {
                 writeln!(output, "ok")?;
@@ -76,9 +90,105 @@ impl Handler for Misbehave {
                 let args: Vec<_> = std::env::args().collect();
                 writeln!(output, "env={} args={}", vars.len(), args.len())?;
             }
+            "forge-error" => return Err(FORGED.into()),
+            "huge-error" => return Err("E".repeat((number as usize) << 20).into()),
+            "print-controls" => {
+                println!("cr\rvt\x0bff\x0cesc\x1b[31mred ls\u{2028}ps\u{2029}nel\u{85}end");
+                println!("{FORGED}");
+                writeln!(output, "printed")?;
+            }
+            "streams" => {
+                // Each stdout handle is a new stream; each holds an
+                // unfinished line.
+                let line = vec![b'x'; 4000];
+                let streams: Vec<_> = (0..number)
+                    .map(|_| {
+                        let stream = wasi::cli::stdout::get_stdout();
+                        let _ = stream.write(&line);
+                        stream
+                    })
+                    .collect();
+                writeln!(output, "holding {}", streams.len())?;
+                io::copy(&mut input, &mut io::sink())?;
+            }
+            "stdout-chunk" => {
+                // One write far past what check-write permits.
+                let chunk = vec![b'\n'; (number as usize) << 20];
+                let stdout = wasi::cli::stdout::get_stdout();
+                let written = stdout.write(&chunk);
+                writeln!(output, "wrote: {written:?}")?;
+            }
+            "random" => {
+                let bytes = wasi::random::random::get_random_bytes(number);
+                writeln!(output, "got {}", bytes.len())?;
+            }
+            "poll-many" => {
+                let timer = wasi::clocks::monotonic_clock::subscribe_duration(0);
+                let list = vec![&timer; number as usize];
+                let ready = wasi::io::poll::poll(&list);
+                writeln!(output, "ready {}", ready.len())?;
+            }
+            "zero-timer" => loop {
+                wasi::clocks::monotonic_clock::subscribe_duration(0).block();
+            },
+            "dirty" => {
+                // Touches every page of `number` MiB, then returns.
+                let mut heap = vec![0u8; (number as usize) << 20];
+                for page in heap.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                std::hint::black_box(&heap);
+                writeln!(output, "dirtied {number} MiB")?;
+            }
+            "hold-pollable" => hold_pollable(output)?,
             other => return Err(format!("unknown command {other:?}").into()),
         }
         Ok(())
+    }
+}
+
+/// Writes until the host holds output the client has not taken yet, logs
+/// how much was written, and returns while holding a pollable of the output
+/// stream: the host must still deliver every byte.
+fn hold_pollable(output: &mut portico_guest_sdk::Output) -> io::Result<()> {
+    let stream = output.wasi_stream();
+    let chunk = vec![b'h'; 64 * 1024];
+    let mut written = 0;
+    loop {
+        let permit = stream.check_write().map_err(io::Error::other)?;
+        if permit == 0 {
+            break;
+        }
+        let len = chunk.len().min(permit as usize);
+        stream.write(&chunk[..len]).map_err(io::Error::other)?;
+        written += len;
+    }
+    eprintln!("wrote {written} bytes");
+    std::mem::forget(stream.subscribe());
+    Ok(())
+}
+
+/// Runs when each instance is created: spins or sleeps for ever if the
+/// settings say so and the time has come (see the crate doc).
+#[unsafe(no_mangle)]
+pub extern "C" fn _initialize() {
+    let setting = |key| portico_guest_sdk::config::get(key).ok().flatten();
+    let Some(init) = setting("init") else { return };
+    let armed_at: u128 = setting("init-after-ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    if now < armed_at {
+        return;
+    }
+    match init.as_str() {
+        "spin" => spin(false),
+        "sleep" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        _ => {}
     }
 }
 
