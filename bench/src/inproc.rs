@@ -68,9 +68,9 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
             local_address: addr.to_string(),
         };
         let began = Instant::now();
-        let outcome = sandbox.serve(info, &socket, began).await;
+        let served = sandbox.serve(&info, &socket, began).await;
         spent += began.elapsed();
-        if !matches!(outcome, Outcome::Finished) {
+        if !matches!(served.outcome, Outcome::Finished) {
             anyhow::bail!("the empty run did not finish cleanly");
         }
     }

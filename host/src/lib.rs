@@ -10,10 +10,15 @@
 //!   pre-instantiated.
 //! - [`server`]: the accept loop, admission control, one task per
 //!   connection, graceful drain.
+//! - [`shutdown`]: SIGINT and SIGTERM, watched apart from the async runtime
+//!   so that the process always stops.
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
 //! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
+//! - [`reclaim`]: memory freed by closed connections, given back once
+//!   connections stop ending.
+//! - [`untrusted`]: plugin-controlled text, escaped and bounded for the log.
 //! - [`counters`]: what the server counts, reported at shutdown.
 //! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`.
 
@@ -21,10 +26,13 @@ pub mod bindings;
 pub mod cli;
 pub mod counters;
 pub mod plugin;
+pub mod reclaim;
 pub mod sandbox;
 pub mod server;
+pub mod shutdown;
 pub mod socket;
 pub mod stdio;
+pub mod untrusted;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -49,5 +57,9 @@ pub fn run(args: cli::Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(server::run(args))
+    let code = runtime.block_on(server::run(args));
+    // Tasks still running (connections stopped at the end of a drain) are
+    // dropped; there is nothing left to wait for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -8,13 +8,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, Resource, WasmList};
 use wasmtime::error::Context;
 use wasmtime::{Engine, Result, bail};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_io::bindings::wasi::io::poll;
 
 use crate::bindings::HandlerPre;
-use crate::sandbox::ConnState;
+use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
 /// and linked against the host's imports, ready to instantiate.
@@ -50,6 +52,7 @@ impl Plugin {
 
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bound_poll(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;
@@ -65,6 +68,39 @@ impl Plugin {
         })
     }
 }
+
+/// Most pollables one `wasi:io/poll.poll` call may wait on. A plugin holds
+/// at most [`MAX_RESOURCES`] distinct ones, so a longer list only repeats
+/// them, and would make the host copy and walk it in one go.
+const MAX_POLL_LIST: usize = MAX_RESOURCES;
+
+/// Replaces wasmtime-wasi's `poll` with one that refuses (traps on) a list
+/// longer than [`MAX_POLL_LIST`] before reading it from the plugin's memory.
+fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(POLL_INTERFACE)?.func_wrap_async(
+        "poll",
+        |mut store, (list,): (WasmList<Resource<DynPollable>>,)| {
+            Box::new(async move {
+                if list.len() > MAX_POLL_LIST {
+                    bail!(
+                        "poll was given {} pollables, more than the {MAX_POLL_LIST} allowed",
+                        list.len()
+                    );
+                }
+                let pollables = list.iter(&mut store)?.collect::<Result<Vec<_>>>()?;
+                let table = &mut store.data_mut().table;
+                Ok((poll::Host::poll(table, pollables).await?,))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The `wasi:io/poll` version the host implements; plugins importing an
+/// earlier 0.2 version are linked to it too.
+const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 
 /// Checks that the component exports a `run` function, naming what it
 /// exports instead if it does not.

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,8 +28,11 @@ use crate::bindings::ConnectionInfo;
 use crate::cli::Args;
 use crate::counters::{Counters, count};
 use crate::plugin::Plugin;
-use crate::sandbox::{self, EpochTicker, Outcome, Sandbox, StopReason};
+use crate::reclaim::Reclaimer;
+use crate::sandbox::{self, EpochTicker, Outcome, Sandbox, Served, StopReason};
+use crate::shutdown;
 use crate::socket::Socket;
+use crate::untrusted::{self, Untrusted};
 
 /// How long, after the host has finished sending, it keeps reading and
 /// discarding what the client still sends. Closing a socket with unread
@@ -45,10 +47,11 @@ const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads the plugin, listens on `args.listen` and serves until SIGINT or
 /// SIGTERM, then drains. Everything that can be wrong with the flags or the
-/// plugin fails here, before the host listens. Exits with failure only if a
-/// second signal cut the drain short.
+/// plugin fails here, before the host listens. (A second signal, or a drain
+/// that overruns, ends the process from [`shutdown`] with status 1.)
 pub async fn run(args: Args) -> Result<ExitCode> {
     let limits = args.limits()?;
+    let mut shutdown = shutdown::watch(limits.drain_timeout)?;
     let engine = sandbox::engine(&limits)?;
     let _ticker = EpochTicker::start(&engine)?;
     let config = args.config.into_iter().collect();
@@ -59,12 +62,16 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         counters: Arc::new(Counters::default()),
         stop: CancellationToken::new(),
     });
-    sandbox
-        .check()
-        .await
+    let checked = tokio::select! {
+        checked = sandbox.check() => checked,
+        name = shutdown.requested() => {
+            info!("{name} during the plugin's start-up check: stopped before listening");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    checked
         .map_err(anyhow::Error::from)
         .with_context(|| format!("plugin {} cannot be instantiated", args.plugin.display()))?;
-    let mut signals = Signals::new()?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -76,38 +83,32 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     info!(plugin = %args.plugin.display(), %local, limits = ?sandbox.limits, "listening");
 
     let ceiling = connection_ceiling(&sandbox.limits);
+    let places = Arc::new(Semaphore::new(ceiling as usize));
+    let memory_slots = sandbox::memory_slots(&sandbox.limits);
+    let reclaimer = Arc::new(
+        Reclaimer::new(&engine, places.clone(), memory_slots)
+            .map_err(anyhow::Error::from)
+            .context("cannot set up memory reclaiming")?,
+    );
+
+    tokio::spawn(reclaimer.clone().run());
     let tracker = TaskTracker::new();
-    accept_loop(listener, &sandbox, ceiling, &tracker, signals.next()).await;
-    let finished = drain(&sandbox, &tracker, &mut signals).await;
+    let admission = Admission {
+        places,
+        max_connections: ceiling,
+        reclaimer,
+    };
+    accept_loop(
+        listener,
+        &sandbox,
+        &admission,
+        &tracker,
+        shutdown.requested(),
+    )
+    .await;
+    drain(&sandbox, &tracker).await;
     info!(counters = %sandbox.counters, "stopped");
-    Ok(if finished {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// SIGINT and SIGTERM, watched from before the host listens.
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-        })
-    }
-
-    /// Resolves on the next SIGINT or SIGTERM, with its name.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-        }
-    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Memory mappings one live connection adds (measured with the echo
@@ -170,17 +171,29 @@ fn connection_ceiling(limits: &sandbox::Limits) -> u32 {
     ceiling
 }
 
+/// What admission works with: the places, one per connection served at
+/// once, and the reclaimer told of every connection's end.
+struct Admission {
+    places: Arc<Semaphore>,
+    max_connections: u32,
+    reclaimer: Arc<Reclaimer>,
+}
+
 /// Accepts connections on `listener` until `shutdown` resolves, and admits
 /// each one (see the module doc), serving at most `max_connections` at once.
 async fn accept_loop(
     listener: TcpListener,
     sandbox: &Arc<Sandbox>,
-    max_connections: u32,
+    admission: &Admission,
     tracker: &TaskTracker,
     shutdown: impl Future<Output = &'static str>,
 ) {
     let counters = &sandbox.counters;
-    let places = Arc::new(Semaphore::new(max_connections as usize));
+    let Admission {
+        places,
+        max_connections,
+        reclaimer,
+    } = admission;
     let mut next_id = 0u64;
     let mut last_refusal_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -205,8 +218,12 @@ async fn accept_loop(
         let id = next_id;
         count(&counters.total);
 
+        let serve = {
+            let (sandbox, reclaimer) = (sandbox.clone(), reclaimer.clone());
+            move |place| serve_connection(sandbox, reclaimer, tcp, peer, id, place)
+        };
         if let Ok(place) = places.clone().try_acquire_owned() {
-            tracker.spawn(serve_connection(sandbox.clone(), tcp, peer, id, place));
+            tracker.spawn(serve(place));
         } else if counters.queued.load(Relaxed) < u64::from(sandbox.limits.max_queued) {
             count(&counters.queued);
             info!(conn = id, %peer, "queued: all places taken");
@@ -222,12 +239,12 @@ async fn accept_loop(
                 sandbox.counters.queued.fetch_sub(1, Relaxed);
                 // The semaphore is never closed, so acquiring cannot fail.
                 if let Ok(place) = place {
-                    serve_connection(sandbox, tcp, peer, id, place).await;
+                    serve(place).await;
                 }
             });
         } else {
             count(&counters.refused);
-            drop(tcp);
+            drop(serve);
             let due =
                 last_refusal_warning.is_none_or(|last| last.elapsed() >= REFUSAL_WARNING_INTERVAL);
             if due {
@@ -243,8 +260,9 @@ async fn accept_loop(
 }
 
 /// Lets live connections finish for up to the drain timeout, then stops
-/// the rest. Returns `false` if a second signal cut the drain short.
-async fn drain(sandbox: &Sandbox, tracker: &TaskTracker, signals: &mut Signals) -> bool {
+/// the rest. Every limit covers a connection's whole life, so a stopped one
+/// ends within a yield interval; [`shutdown`] ends the process if not.
+async fn drain(sandbox: &Sandbox, tracker: &TaskTracker) {
     tracker.close();
     let counters = &sandbox.counters;
     let timeout = sandbox.limits.drain_timeout;
@@ -254,18 +272,13 @@ async fn drain(sandbox: &Sandbox, tracker: &TaskTracker, signals: &mut Signals) 
         "draining for up to {}",
         humantime::format_duration(timeout)
     );
-    tokio::select! {
-        () = tracker.wait() => true,
-        () = tokio::time::sleep(timeout) => {
-            warn!(live = counters.current.load(Relaxed), "drain timed out: stopping the connections left");
-            sandbox.stop.cancel();
-            tracker.wait().await;
-            true
-        }
-        name = signals.next() => {
-            warn!(live = counters.current.load(Relaxed), "{name} again: exiting without draining");
-            false
-        }
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        warn!(
+            live = counters.current.load(Relaxed),
+            "drain timed out: stopping the connections left"
+        );
+        sandbox.stop.cancel();
+        tracker.wait().await;
     }
 }
 
@@ -273,6 +286,7 @@ async fn drain(sandbox: &Sandbox, tracker: &TaskTracker, signals: &mut Signals) 
 /// place is given back when this returns.
 async fn serve_connection(
     sandbox: Arc<Sandbox>,
+    reclaimer: Arc<Reclaimer>,
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -302,21 +316,23 @@ async fn serve_connection(
         peer_address: peer.to_string(),
         local_address: local.to_string(),
     };
-    let outcome = sandbox.serve(info, &socket, accepted).await;
+    let served = sandbox.serve(&info, &socket, accepted).await;
     close(&socket).await;
-    let left = counters.connection_ended();
-    log_outcome(counters, id, accepted, &socket, outcome);
-    if left == 0 {
-        heap::release_when_idle(sandbox.counters.clone());
-    }
+    counters.connection_ended();
+    reclaimer.connection_ended();
+    log_outcome(counters, id, accepted, &socket, served);
 }
 
 /// Logs the one `closed` line of a connection, and counts how it ended.
-fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket, outcome: Outcome) {
+/// Whatever the plugin wrote into it (an error message, names in a trap's
+/// backtrace) is escaped and bounded ([`Untrusted`]), so the record stays
+/// one line of bounded size.
+fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket, served: Served) {
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     let (bytes_in, bytes_out) = (socket.bytes_in(), socket.bytes_out());
-    match outcome {
-        Outcome::Finished => {
+    let unsent = served.unsent;
+    match served.outcome {
+        Outcome::Finished if unsent == 0 => {
             info!(
                 conn = id,
                 elapsed_ms,
@@ -326,20 +342,34 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
                 "closed"
             )
         }
+        Outcome::Finished => {
+            warn!(
+                conn = id,
+                elapsed_ms,
+                bytes_in,
+                bytes_out,
+                outcome = "ok",
+                unsent,
+                "closed: output not delivered, the client did not take it in time"
+            )
+        }
         Outcome::Failed(message) => {
             count(&counters.errors);
-            warn!(conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", error = %message, "closed")
+            warn!(
+                conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", unsent,
+                error = %Untrusted(&message), "closed"
+            )
         }
         Outcome::Trapped(error) => {
             count(&counters.traps);
-            // The wasm backtrace (several lines) goes last, after the fields.
             let backtrace = error
                 .downcast_ref::<wasmtime::WasmBacktrace>()
-                .map(|backtrace| format!("\n{backtrace}"))
+                .map(|backtrace| untrusted::displayed(backtrace))
                 .unwrap_or_default();
             warn!(
                 conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                error = %error.root_cause(), wasm_backtrace = %backtrace, "closed"
+                error = %Untrusted(&error.root_cause().to_string()),
+                wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
             )
         }
         Outcome::Stopped(reason) => {
@@ -387,54 +417,4 @@ async fn close(socket: &Socket) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIMEOUT, discard).await;
-}
-
-/// Giving freed heap back to the system once the host is idle.
-mod heap {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use crate::counters::Counters;
-
-    /// Least time between two trims: a trim walks the whole heap.
-    const TRIM_INTERVAL: Duration = Duration::from_secs(5);
-
-    static LAST_TRIM: Mutex<Option<Instant>> = Mutex::new(None);
-    static TRIM_SCHEDULED: AtomicBool = AtomicBool::new(false);
-
-    /// glibc keeps the heap freed by closed connections in its per-thread
-    /// arenas, fragmented: after a peak of 10,000 connections, over
-    /// 100 MiB. Called when the last live connection has ended: trims on a
-    /// blocking thread, at most every [`TRIM_INTERVAL`] (a trim that comes
-    /// too soon waits its turn) and only if the host is still idle then.
-    pub fn release_when_idle(counters: Arc<Counters>) {
-        if TRIM_SCHEDULED.swap(true, Relaxed) {
-            return;
-        }
-        let last = *LAST_TRIM
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let wait = last.map_or(Duration::ZERO, |last| {
-            TRIM_INTERVAL.saturating_sub(last.elapsed())
-        });
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            TRIM_SCHEDULED.store(false, Relaxed);
-            if counters.current.load(Relaxed) != 0 {
-                return;
-            }
-            *LAST_TRIM
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
-            tokio::task::spawn_blocking(|| {
-                // SAFETY: malloc_trim only returns free memory to the system.
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-            });
-        });
-    }
 }

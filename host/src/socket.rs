@@ -8,7 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -34,6 +34,8 @@ pub struct Socket {
     accepted: Instant,
     /// Milliseconds from `accepted` to the last byte moved either way.
     last_activity_ms: AtomicU64,
+    /// Bytes the plugin wrote that have not reached the socket yet.
+    unsent: AtomicUsize,
 }
 
 impl Socket {
@@ -45,6 +47,7 @@ impl Socket {
             input_ended: AtomicBool::new(false),
             accepted: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
+            unsent: AtomicUsize::new(0),
         })
     }
 
@@ -60,6 +63,11 @@ impl Socket {
     /// Bytes sent to the client so far.
     pub fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the plugin wrote that have not reached the socket yet.
+    pub fn unsent(&self) -> usize {
+        self.unsent.load(Ordering::Relaxed)
     }
 
     /// Whether the client has finished sending.
@@ -193,6 +201,7 @@ impl SocketOutput {
         if self.closed {
             return Err(StreamError::Closed);
         }
+        let mut result = Ok(());
         while !self.pending.is_empty() {
             match self.socket.try_write(&self.pending) {
                 Ok(n) => self.pending.advance(n),
@@ -200,11 +209,14 @@ impl SocketOutput {
                 Err(error) => {
                     self.closed = true;
                     self.pending.clear();
-                    return Err(stream_error(error));
+                    result = Err(stream_error(error));
                 }
             }
         }
-        Ok(())
+        self.socket
+            .unsent
+            .store(self.pending.len(), Ordering::Relaxed);
+        result
     }
 }
 

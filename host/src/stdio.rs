@@ -1,10 +1,17 @@
 //! A plugin's stdout and stderr, turned into the host's log lines.
 //!
 //! Each complete line becomes one log event tagged with the connection id
-//! and the stream's name. Two bounds keep a plugin from flooding the log: a
-//! line longer than [`MAX_LINE_BYTES`] is cut there, and a connection may
-//! log only so many lines per second; the lines over that are dropped, and
-//! one line says how many once the second is over.
+//! and the stream's name, its text escaped and quoted
+//! ([`crate::untrusted`]). Bounds keep a plugin from flooding the log or
+//! growing the host's memory through it:
+//! - a line longer than [`MAX_LINE_BYTES`] is cut there;
+//! - a connection may log only so many lines per second; the lines over
+//!   that are dropped, and one line says how many once the second is over;
+//! - one write may carry at most [`MAX_WRITE_BYTES`], what `check-write`
+//!   grants; a larger one traps, as on the client socket;
+//! - every stdout handle a plugin opens shares one unfinished-line buffer,
+//!   and so does every stderr handle: however many handles it opens, the
+//!   host holds at most two unfinished lines per connection.
 
 use std::io;
 use std::pin::Pin;
@@ -15,99 +22,185 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::counters::Counters;
+use crate::untrusted::Untrusted;
 
 /// Longest line logged whole; the rest of a longer line is dropped.
 pub const MAX_LINE_BYTES: usize = 4096;
 
-/// The log of one connection's plugin, shared by its stdout and stderr.
-pub struct PluginLog {
-    conn: u64,
-    rate: Mutex<Rate>,
-    lines_per_second: u32,
-    counters: Arc<Counters>,
+/// Most bytes one write to stdout or stderr may carry.
+pub const MAX_WRITE_BYTES: usize = 64 * 1024;
+
+/// Which of the plugin's output streams a line came from.
+#[derive(Clone, Copy)]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
-/// Lines logged in the current one-second window, and lines dropped.
-struct Rate {
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The log of one connection's plugin, shared by all its stdout and stderr
+/// handles.
+pub struct PluginLog {
+    conn: u64,
+    lines_per_second: u32,
+    counters: Arc<Counters>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// When the current one-second window started.
     window_start: Instant,
+    /// Lines logged in the current window.
     logged: u32,
+    /// Lines dropped since the last report of drops.
     dropped: u64,
+    stdout: Line,
+    stderr: Line,
+}
+
+/// The unfinished line of one stream.
+#[derive(Default)]
+struct Line {
+    bytes: Vec<u8>,
+    /// The line was too long and has been logged; skip to its end.
+    cut: bool,
 }
 
 impl PluginLog {
     pub fn new(conn: u64, lines_per_second: u32, counters: Arc<Counters>) -> Arc<Self> {
         Arc::new(Self {
             conn,
-            rate: Mutex::new(Rate {
+            lines_per_second,
+            counters,
+            state: Mutex::new(State {
                 window_start: Instant::now(),
                 logged: 0,
                 dropped: 0,
+                stdout: Line::default(),
+                stderr: Line::default(),
             }),
-            lines_per_second,
-            counters,
         })
     }
 
     /// The stream to hand the WASI context as stdout or stderr.
-    pub fn stream(self: &Arc<Self>, name: &'static str) -> LogStream {
+    pub fn stream(self: &Arc<Self>, stream: Stream) -> LogStream {
         LogStream {
             log: self.clone(),
-            name,
+            stream,
         }
     }
 
-    fn line(&self, stream: &'static str, text: &str) {
-        let mut rate = self
-            .rate
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if rate.window_start.elapsed() >= Duration::from_secs(1) {
-            report_dropped(self.conn, self.lines_per_second, &mut rate);
-            rate.window_start = Instant::now();
-            rate.logged = 0;
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds `bytes` written to `stream`, logging each line they complete.
+    fn push(&self, stream: Stream, mut bytes: &[u8]) {
+        let mut state = self.state();
+        while !bytes.is_empty() {
+            let end = bytes.iter().position(|&b| b == b'\n');
+            let (part, rest) = match end {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (bytes, &[][..]),
+            };
+            let line = state.line(stream);
+            if !line.cut {
+                let room = MAX_LINE_BYTES - line.bytes.len();
+                line.bytes.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    line.cut = true;
+                    self.emit(&mut state, stream, " [line cut]");
+                }
+            }
+            if end.is_some() {
+                let line = state.line(stream);
+                if !std::mem::take(&mut line.cut) {
+                    self.emit(&mut state, stream, "");
+                }
+            }
+            bytes = rest;
         }
-        if rate.logged < self.lines_per_second {
-            rate.logged += 1;
-            tracing::info!(target: "plugin", conn = self.conn, stream, "{text}");
+    }
+
+    /// Logs the unfinished line of `stream` (if it holds more than
+    /// whitespace), rate permitting, and empties it.
+    fn emit(&self, state: &mut State, stream: Stream, marker: &str) {
+        let bytes = std::mem::take(&mut state.line(stream).bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim_end_matches('\r');
+        if text.trim().is_empty() {
+            return;
+        }
+        if state.window_start.elapsed() >= Duration::from_secs(1) {
+            self.report_dropped(state);
+            state.window_start = Instant::now();
+            state.logged = 0;
+        }
+        if state.logged < self.lines_per_second {
+            state.logged += 1;
+            let text = format!("{text}{marker}");
+            tracing::info!(target: "plugin", conn = self.conn, stream = stream.name(), "{}", Untrusted(&text));
         } else {
-            rate.dropped += 1;
+            state.dropped += 1;
             crate::counters::count(&self.counters.log_lines_dropped);
+        }
+    }
+
+    /// Logs how many lines were dropped, if any, and starts counting afresh.
+    fn report_dropped(&self, state: &mut State) {
+        if state.dropped > 0 {
+            tracing::warn!(
+                target: "plugin",
+                conn = self.conn,
+                dropped = state.dropped,
+                "plugin log lines dropped: over {} lines per second",
+                self.lines_per_second
+            );
+            state.dropped = 0;
         }
     }
 }
 
-/// Logs how many lines were dropped, if any, and starts counting afresh.
-fn report_dropped(conn: u64, lines_per_second: u32, rate: &mut Rate) {
-    if rate.dropped > 0 {
-        tracing::warn!(
-            target: "plugin",
-            conn,
-            dropped = rate.dropped,
-            "plugin log lines dropped: over {lines_per_second} lines per second"
-        );
-        rate.dropped = 0;
+impl State {
+    fn line(&mut self, stream: Stream) -> &mut Line {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
     }
 }
 
 impl Drop for PluginLog {
+    /// Logs what is left: unfinished lines, and the count of dropped ones.
     fn drop(&mut self) {
-        let (conn, lines_per_second) = (self.conn, self.lines_per_second);
-        let rate = self
-            .rate
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        report_dropped(conn, lines_per_second, rate);
+        let mut state = self.state();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            if !state.line(stream).cut {
+                self.emit(&mut state, stream, "");
+            }
+        }
+        self.report_dropped(&mut state);
     }
 }
 
 /// One of a connection's output streams (stdout or stderr), as handed to
-/// its WASI context.
+/// its WASI context; every handle the plugin opens writes to the same log.
 pub struct LogStream {
     log: Arc<PluginLog>,
-    name: &'static str,
+    stream: Stream,
 }
 
 impl IsTerminal for LogStream {
@@ -118,80 +211,38 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineSplitter::new(self.log.clone(), self.name))
+        Box::new(self.writer())
     }
 
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineSplitter::new(self.log.clone(), self.name))
+        Box::new(self.writer())
     }
 }
 
-/// Collects bytes into lines and logs each line as it completes.
-struct LineSplitter {
+impl LogStream {
+    fn writer(&self) -> LogWriter {
+        LogWriter {
+            log: self.log.clone(),
+            stream: self.stream,
+        }
+    }
+}
+
+/// A handle on stdout or stderr, as the plugin holds it.
+struct LogWriter {
     log: Arc<PluginLog>,
-    name: &'static str,
-    line: Vec<u8>,
-    /// The current line was too long and has been logged; skip to its end.
-    truncated: bool,
-}
-
-impl LineSplitter {
-    fn new(log: Arc<PluginLog>, name: &'static str) -> Self {
-        Self {
-            log,
-            name,
-            line: Vec::new(),
-            truncated: false,
-        }
-    }
-
-    fn push(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let end = bytes.iter().position(|&b| b == b'\n');
-            let (part, rest) = match end {
-                Some(i) => (&bytes[..i], &bytes[i + 1..]),
-                None => (bytes, &[][..]),
-            };
-            if !self.truncated {
-                let room = MAX_LINE_BYTES - self.line.len();
-                self.line.extend_from_slice(&part[..part.len().min(room)]);
-                if part.len() > room {
-                    self.emit(" [line cut]");
-                    self.truncated = true;
-                }
-            }
-            if end.is_some() {
-                if !self.truncated {
-                    self.emit("");
-                }
-                self.truncated = false;
-            }
-            bytes = rest;
-        }
-    }
-
-    fn emit(&mut self, marker: &str) {
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end_matches('\r');
-        if !text.trim().is_empty() {
-            self.log.line(self.name, &format!("{text}{marker}"));
-        }
-        self.line.clear();
-    }
-}
-
-impl Drop for LineSplitter {
-    fn drop(&mut self) {
-        if !self.line.is_empty() {
-            self.emit("");
-        }
-    }
+    stream: Stream,
 }
 
 #[wasmtime_wasi::async_trait]
-impl OutputStream for LineSplitter {
+impl OutputStream for LogWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.push(&bytes);
+        if bytes.len() > MAX_WRITE_BYTES {
+            return Err(StreamError::trap(
+                "write exceeded the permit from check-write",
+            ));
+        }
+        self.log.push(self.stream, &bytes);
         Ok(())
     }
 
@@ -200,23 +251,24 @@ impl OutputStream for LineSplitter {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(MAX_WRITE_BYTES)
     }
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for LineSplitter {
+impl Pollable for LogWriter {
     async fn ready(&mut self) {}
 }
 
-impl AsyncWrite for LineSplitter {
+impl AsyncWrite for LogWriter {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().push(buf);
-        Poll::Ready(Ok(buf.len()))
+        let len = buf.len().min(MAX_WRITE_BYTES);
+        self.log.push(self.stream, &buf[..len]);
+        Poll::Ready(Ok(len))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -33,7 +33,7 @@ fn trap_closes_only_its_connection() {
 /// A panic closes only its connection; its message reaches the log.
 #[test]
 fn panic_closes_only_its_connection() {
-    misbehave_alone("panic", &["outcome=\"trap\"", "error=wasm trap"]);
+    misbehave_alone("panic", &["outcome=\"trap\"", "error=\"wasm trap"]);
 }
 
 /// An error returned from `run` closes only its connection and is logged.

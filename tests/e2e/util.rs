@@ -45,9 +45,15 @@ impl Host {
     /// Starts `host --plugin <name> --listen 127.0.0.1:0 <args>` and waits
     /// until it listens.
     pub fn start(plugin_name: &str, args: &[&str]) -> Host {
+        Host::start_file(&plugin(plugin_name), args)
+    }
+
+    /// Starts `host --plugin <path> --listen 127.0.0.1:0 <args>` and waits
+    /// until it listens.
+    pub fn start_file(plugin: &std::path::Path, args: &[&str]) -> Host {
         let mut child = host_command()
             .arg("--plugin")
-            .arg(plugin(plugin_name))
+            .arg(plugin)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
@@ -133,6 +139,22 @@ impl Host {
             .find(|line| line.starts_with("VmRSS:"))
             .unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// CPU time the host has used so far, user and system together.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// Sends `signal` to the host without waiting.
@@ -254,6 +276,7 @@ pub struct LoadReport {
     pub errors: Vec<String>,
     pub p50: Duration,
     pub p99: Duration,
+    pub max: Duration,
 }
 
 impl EchoLoad {
@@ -312,6 +335,7 @@ impl EchoLoad {
             round_trips: latencies.len(),
             p50: at(0.5),
             p99: at(0.99),
+            max: latencies.last().copied().unwrap_or_default(),
             errors,
         }
     }

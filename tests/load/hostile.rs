@@ -114,6 +114,28 @@ const SUITE: &[Hostile] = &[
         client: Client::AwaitClose,
         expect: &["outcome=\"ok\""],
     },
+    Hostile {
+        command: "random 1024",
+        client: Client::Answer("got 1024"),
+        expect: &["outcome=\"ok\""],
+    },
+    Hostile {
+        // The host would allocate and fill it before the plugin's memory
+        // limit could refuse it.
+        command: "random 67108864",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\"", "exceeds limit"],
+    },
+    Hostile {
+        command: "poll-many 2000000",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\"", "pollables, more than the 1024 allowed"],
+    },
+    Hostile {
+        command: "stdout-chunk 16",
+        client: Client::AwaitClose,
+        expect: &["outcome=\"trap\"", "exceeded the permit"],
+    },
 ];
 
 /// Every hostile behaviour, one after another, each under an echo load:
@@ -178,6 +200,56 @@ fn hostile_plugins_under_load() {
         rss_after < rss_before + 20 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
+}
+
+/// A plugin that opens a thousand stdout handles, each holding an
+/// unfinished line, from as many connections as there are cores: the host
+/// keeps one unfinished line per stream and connection, not one per handle
+/// (it once held 4 MiB per connection).
+#[test]
+fn stdout_handles_share_one_line_buffer() {
+    let _turn = exclusive();
+    let host = Host::start("misbehave", &["--max-memory", "2"]);
+    let load = EchoLoad::start(&host, LOAD_CONNECTIONS);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = host.rss_kib();
+    let conns: Vec<_> = (0..2 * crate::cores())
+        .map(|_| {
+            let mut conn = host.connect();
+            conn.write_all(b"streams 1000\n").unwrap();
+            assert_eq!(read_line(&mut conn), "holding 1000\n");
+            conn
+        })
+        .collect();
+    let holding = host.rss_kib();
+    crate::check("1000 stdout handles", &load.stop());
+    let per_conn = (holding.saturating_sub(before)) / conns.len() as u64;
+    println!("host RSS per connection holding 1000 unfinished stdout lines: {per_conn} KiB");
+    assert!(per_conn < 1024, "{per_conn} KiB per connection");
+}
+
+/// A plugin that returns while holding a pollable of its output stream,
+/// with output still pending: every byte it wrote reaches the client (the
+/// last 62 KiB were once dropped, with an `ok` outcome).
+#[test]
+fn output_is_flushed_when_run_returns_holding_a_pollable() {
+    let _turn = exclusive();
+    let host = Host::start("misbehave", &[]);
+    let load = EchoLoad::start(&host, LOAD_CONNECTIONS);
+    let mut conn = host.connect();
+    conn.write_all(b"hold-pollable\n").unwrap();
+    let line = host.wait_for_log(&["wrote", "bytes"]);
+    let written: usize = line
+        .split("wrote ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    let mut received = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut received).unwrap();
+    crate::check("return holding a pollable", &load.stop());
+    assert_eq!(received.len(), written);
+    host.wait_for_log(&["closed", "outcome=\"ok\""]);
 }
 
 /// Runs an echo load while `during` runs (and for at least `at_least`).

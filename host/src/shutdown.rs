@@ -1,0 +1,87 @@
+//! Stopping on SIGINT and SIGTERM, whatever the plugins are doing.
+//!
+//! The signals are watched by a thread of their own, not by the async
+//! runtime, so that no amount of plugin work can delay them:
+//! - the first signal asks the server to stop accepting and drain, and
+//!   starts a deadline: if the process is still running the drain timeout
+//!   plus [`DRAIN_MARGIN`] later, it exits with status 1;
+//! - a second signal exits at once, with status 1.
+//!
+//! [`watch`] is called before any plugin code runs, so a plugin whose
+//! start-up code never returns cannot outlive a SIGTERM either.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+/// How long past the drain timeout the process may take to exit after the
+/// first signal: enough for the connections stopped at the end of the
+/// drain to close and for the counters to be logged.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(3);
+
+/// Resolves once a stop has been asked for.
+pub struct Shutdown {
+    requested: watch::Receiver<Option<&'static str>>,
+}
+
+impl Shutdown {
+    /// Waits for the first SIGINT or SIGTERM; returns its name.
+    pub async fn requested(&mut self) -> &'static str {
+        match self.requested.wait_for(Option::is_some).await {
+            Ok(name) => name.unwrap_or("signal"),
+            // The watching thread never ends while the process runs.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Starts watching SIGINT and SIGTERM. `drain_timeout` is how long the
+/// drain that the first signal starts may take.
+pub fn watch(drain_timeout: Duration) -> Result<Shutdown> {
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot watch SIGINT and SIGTERM")?;
+    let (request, requested) = watch::channel(None);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut first = true;
+            for signal in signals.forever() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if first {
+                    first = false;
+                    let _ = request.send(Some(name));
+                    exit_after(drain_timeout + DRAIN_MARGIN);
+                } else {
+                    warn!("{name} again: exiting without draining");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(Shutdown { requested })
+}
+
+/// Exits the process with status 1 if it is still running `deadline` from
+/// now.
+fn exit_after(deadline: Duration) {
+    let started = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            error!(
+                "still running {} after the stop signal: exiting",
+                humantime::format_duration(deadline)
+            );
+            std::process::exit(1);
+        });
+    if let Err(error) = started {
+        error!("cannot start the exit deadline: {error}");
+    }
+}
