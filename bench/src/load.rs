@@ -191,8 +191,9 @@ pub async fn ping_pong(
 }
 
 /// Each connection writes `chunk`-sized writes as fast as its echo comes
-/// back, with at most `window` bytes in flight; progress is what came back
-/// by the deadline.
+/// back, with at most `window` bytes in flight (`u64::MAX`: no bound, so
+/// only TCP's flow control paces the writer, as in a bulk transfer);
+/// progress is what came back by the deadline.
 ///
 /// The window matters on loopback: a client that writes without bound
 /// fills the kernel's socket buffers, the kernel then prunes receive

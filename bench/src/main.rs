@@ -51,8 +51,9 @@ enum Command {
     },
 }
 
-/// Bytes each streaming connection may have in flight: four 64 KiB writes.
-/// See [`load::streaming`] for why there is a bound at all.
+/// Bytes each bounded streaming connection may have in flight: four 64 KiB
+/// writes. See [`load::streaming`] for why there is a bound; the
+/// flow-controlled variant has none, and is paced by TCP alone.
 const STREAMING_WINDOW: u64 = 256 * 1024;
 
 /// What one round measured on one server.
@@ -71,6 +72,9 @@ struct Figures {
     streaming_fairness: f64,
     streaming_stall_ms: f64,
     streaming_cpu_ms_per_mib: f64,
+    flow_mib: f64,
+    flow_fairness: f64,
+    flow_stall_ms: f64,
     idle_kib_per_connection: f64,
     idle_private_kib_per_connection: f64,
     rss_growth_after_close_mib: f64,
@@ -141,6 +145,9 @@ async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -
         .context("streaming")?;
     let streaming_cpu = server.cpu()? - cpu_before;
     let streamed_mib = streaming.mib_per_second * duration.as_secs_f64();
+    let flow = load::streaming(server.addr, 16, 64 * 1024, u64::MAX, duration)
+        .await
+        .context("flow-controlled streaming")?;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.rss_kib()?;
@@ -170,6 +177,9 @@ async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -
         streaming_stall_ms: us(streaming.longest_stall) / 1e3,
         streaming_cpu_ms_per_mib: (streaming_cpu.user_s + streaming_cpu.system_s) * 1e3
             / streamed_mib.max(f64::MIN_POSITIVE),
+        flow_mib: flow.mib_per_second,
+        flow_fairness: flow.slowest_over_mean,
+        flow_stall_ms: us(flow.longest_stall) / 1e3,
         idle_kib_per_connection: per_connection(at_peak, before),
         idle_private_kib_per_connection: per_connection(private_at_peak, private_before),
         rss_growth_after_close_mib: after as f64 / 1024.0 - before as f64 / 1024.0,
@@ -195,7 +205,7 @@ fn median(figures: &[Figures], metric: fn(&Figures) -> f64) -> f64 {
 
 fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiation, args: &Args) {
     type Metric = (&'static str, fn(&Figures) -> f64, &'static str);
-    let metrics: [Metric; 18] = [
+    let metrics: [Metric; 21] = [
         (
             "connection rate, conn/s (32 clients)",
             |f| f.conn_per_second,
@@ -231,6 +241,21 @@ fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiatio
         (
             "server CPU per MiB streamed, ms",
             |f| f.streaming_cpu_ms_per_mib,
+            "",
+        ),
+        (
+            "streaming flow-controlled 64 KiB x16, MiB/s",
+            |f| f.flow_mib,
+            "ratio >= 0.95",
+        ),
+        (
+            "streaming flow-controlled slowest/mean",
+            |f| f.flow_fairness,
+            ">= 0.8",
+        ),
+        (
+            "streaming flow-controlled longest stall, ms",
+            |f| f.flow_stall_ms,
             "",
         ),
         (
