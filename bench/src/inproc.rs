@@ -36,9 +36,11 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         drain_timeout: Duration::from_secs(30),
     };
     let engine = sandbox::engine(&limits)?;
-    let _ticker = EpochTicker::start(&engine)?;
-    let plugin = Plugin::load(&engine, plugin_path, Default::default())?;
+    let ticker = EpochTicker::start()?;
+    ticker.add(&engine);
+    let plugin = Plugin::load(&engine, plugin_path, Default::default(), None)?;
     let sandbox = Sandbox {
+        service: "echo".into(),
         plugin,
         limits,
         counters: Arc::new(Counters::default()),

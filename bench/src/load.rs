@@ -191,9 +191,8 @@ pub async fn ping_pong(
 }
 
 /// Each connection writes `chunk`-sized writes as fast as its echo comes
-/// back, with at most `window` bytes in flight (`u64::MAX`: no bound, so
-/// only TCP's flow control paces the writer, as in a bulk transfer);
-/// progress is what came back by the deadline.
+/// back, with at most `window` bytes in flight; progress is what came back
+/// by the deadline. ([`streaming_threads`] is the same without the bound.)
 ///
 /// The window matters on loopback: a client that writes without bound
 /// fills the kernel's socket buffers, the kernel then prunes receive
@@ -228,6 +227,73 @@ pub async fn streaming(
             reader.await??;
         } else {
             reader.abort();
+        }
+    }
+    Ok(throughput)
+}
+
+/// Bulk transfer paced by TCP alone: on each connection one thread writes
+/// `chunk`-sized writes as fast as the socket takes them while another
+/// reads and checks the echo, both with blocking I/O, as a plain threaded
+/// client would. (Threads rather than the async runtime, so that a busy
+/// client runtime cannot be what makes a connection slow.)
+pub fn streaming_threads(
+    addr: SocketAddr,
+    connections: usize,
+    chunk: usize,
+    duration: Duration,
+) -> Result<Throughput> {
+    let streams: Vec<std::net::TcpStream> = (0..connections)
+        .map(|_| {
+            let stream = std::net::TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+        .collect::<std::io::Result<_>>()?;
+    let started = Instant::now();
+    let progress: Vec<_> = (0..connections).map(|_| Progress::new(started)).collect();
+    let mut threads = Vec::new();
+    for (stream, progress) in streams.iter().zip(progress.iter().cloned()) {
+        let mut output = stream.try_clone()?;
+        let mut input = stream.try_clone()?;
+        threads.push(std::thread::spawn(move || {
+            use std::io::Write;
+            let mut buf = vec![0u8; chunk];
+            let mut offset = 0u64;
+            loop {
+                fill(&mut buf, offset);
+                if output.write_all(&buf).is_err() {
+                    return Ok(());
+                }
+                offset += chunk as u64;
+            }
+        }));
+        threads.push(std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut offset = 0u64;
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(n) => n,
+                };
+                if !check(&buf[..n], offset) {
+                    bail!("wrong bytes echoed");
+                }
+                offset += n as u64;
+                progress.echoed(offset);
+            }
+        }));
+    }
+    std::thread::sleep(duration);
+    let throughput = Throughput::from(&progress, started);
+    for stream in &streams {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    for thread in threads {
+        match thread.join() {
+            Ok(result) => result?,
+            Err(_) => bail!("a streaming thread panicked"),
         }
     }
     Ok(throughput)

@@ -145,9 +145,11 @@ async fn measure(kind: Kind, launch: &Launch, duration: Duration, idle: usize) -
         .context("streaming")?;
     let streaming_cpu = server.cpu()? - cpu_before;
     let streamed_mib = streaming.mib_per_second * duration.as_secs_f64();
-    let flow = load::streaming(server.addr, 16, 64 * 1024, u64::MAX, duration)
-        .await
-        .context("flow-controlled streaming")?;
+    let addr = server.addr;
+    let flow =
+        tokio::task::spawn_blocking(move || load::streaming_threads(addr, 16, 64 * 1024, duration))
+            .await?
+            .context("flow-controlled streaming")?;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = server.rss_kib()?;

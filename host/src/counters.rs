@@ -38,6 +38,11 @@ counters! {
     queued,
     /// Connections closed at once because the queue was full.
     refused,
+    /// Connections closed at once because the service's filter did not
+    /// admit the client.
+    filtered,
+    /// Plugins whose `run` returned `ok` (or that exited with status 0).
+    finished,
     /// Plugins that trapped (panics and aborts included).
     traps,
     /// Plugins that returned an error or exited with a failure status.
@@ -54,6 +59,10 @@ counters! {
     drain_stops,
     /// Plugin log lines dropped for exceeding the rate limit.
     log_lines_dropped,
+    /// Bytes received from clients, counted as connections close.
+    bytes_in,
+    /// Bytes sent to clients, counted as connections close.
+    bytes_out,
 }
 
 /// Adds one to `counter`.

@@ -3,33 +3,41 @@
 //!
 //! # Layout
 //!
-//! A connection flows accept → admit → instantiate → run → close:
+//! A connection flows accept → filter → admit → instantiate → run → close:
 //!
 //! - [`cli`]: the flags, with their defaults and checks.
-//! - [`plugin`]: reads, compiles and validates the plugin once, and keeps it
-//!   pre-instantiated.
-//! - [`server`]: the accept loop, admission control, one task per
-//!   connection, graceful drain.
-//! - [`shutdown`]: SIGINT and SIGTERM, watched apart from the async runtime
-//!   so that the process always stops.
+//! - [`config`]: what the host serves: services from the config file, or
+//!   one from the flags.
+//! - [`server`]: the listeners and accept loops, admission control, one
+//!   task per connection, reload, graceful drain.
+//! - [`service`]: one version of a service: its plugin, pool and places.
+//! - [`plugin`]: reads, compiles and validates a plugin, and keeps it
+//!   pre-instantiated; [`cache`] keeps the compiled code on disk.
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
-//!   its own WASI context in which `run` is called.
+//!   its own WASI context in which `run` is called under the limits.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
 //! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
+//! - [`untrusted`]: plugin-controlled text, escaped and bounded for the log.
 //! - [`reclaim`]: memory freed by closed connections, given back once
 //!   connections stop ending.
-//! - [`untrusted`]: plugin-controlled text, escaped and bounded for the log.
-//! - [`counters`]: what the server counts, reported at shutdown.
+//! - [`signals`]: SIGINT, SIGTERM and SIGHUP, watched apart from the async
+//!   runtime so that the process always stops.
+//! - [`admin`]: health, readiness, Prometheus metrics and reload over HTTP.
+//! - [`counters`]: what each service counts.
 //! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`.
 
+pub mod admin;
 pub mod bindings;
+pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod counters;
 pub mod plugin;
 pub mod reclaim;
 pub mod sandbox;
 pub mod server;
-pub mod shutdown;
+pub mod service;
+pub mod signals;
 pub mod socket;
 pub mod stdio;
 pub mod untrusted;
@@ -40,24 +48,27 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
-/// Sends log lines to stderr, filtered by `PORTICO_LOG` (default `info`).
-pub fn init_logging() {
+/// Sends log lines to stderr, as text or JSON, filtered by `PORTICO_LOG`
+/// (default `info`).
+pub fn init_logging(format: config::LogFormat) {
     let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
-/// Runs the host until SIGINT or SIGTERM: loads the plugin, listens, serves,
-/// drains. The exit code says whether the drain finished.
-pub fn run(args: cli::Args) -> Result<ExitCode> {
+/// Runs the host until SIGINT or SIGTERM: loads the plugins, listens,
+/// serves, reloads on request, drains.
+pub fn run(config: config::Config, source: server::Source) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(server::run(args));
+    let code = runtime.block_on(server::run(config, source));
     // Tasks still running (connections stopped at the end of a drain) are
     // dropped; there is nothing left to wait for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -7,8 +7,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = portico_host::cli::Args::parse();
-    portico_host::init_logging();
-    match portico_host::run(args) {
+    let started = args.config().and_then(|(config, source)| {
+        portico_host::init_logging(config.log_format);
+        portico_host::run(config, source)
+    });
+    match started {
         Ok(code) => code,
         Err(error) => {
             // Some causes (wasmparser's, say) span lines; keep it to one.

@@ -16,6 +16,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_io::bindings::wasi::io::poll;
 
 use crate::bindings::HandlerPre;
+use crate::cache::Cache;
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -24,6 +25,10 @@ pub struct Plugin {
     pub(crate) pre: HandlerPre<ConnState>,
     /// The settings from `--config`, shared by every instance.
     pub(crate) config: Arc<WasiConfigVariables>,
+    /// The SHA-256 of the plugin file, in hex.
+    pub digest: String,
+    /// Whether the compiled code came from the compile cache.
+    pub from_cache: bool,
 }
 
 /// The first bytes of any WebAssembly binary.
@@ -33,8 +38,15 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 const CORE_MODULE_VERSION: &[u8] = &[1, 0, 0, 0];
 
 impl Plugin {
-    /// Loads the plugin at `path`, with `config` as its settings.
-    pub fn load(engine: &Engine, path: &Path, config: WasiConfigVariables) -> Result<Self> {
+    /// Loads the plugin at `path`, with `config` as its settings; the
+    /// compiled code comes from `cache` when it holds it, and goes there
+    /// when not.
+    pub fn load(
+        engine: &Engine,
+        path: &Path,
+        config: WasiConfigVariables,
+        cache: Option<&Cache>,
+    ) -> Result<Self> {
         let name = path.display();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {name}"))?;
         if !bytes.starts_with(WASM_MAGIC) {
@@ -46,8 +58,19 @@ impl Plugin {
                  build it for the wasm32-wasip2 target"
             );
         }
-        let component = Component::new(engine, &bytes)
-            .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
+        let digest = crate::cache::digest(&bytes);
+        let mut from_cache = false;
+        let component = match cache {
+            Some(cache) => match cache.load(engine, &digest) {
+                Some(component) => {
+                    from_cache = true;
+                    Ok(component)
+                }
+                None => cache.compile(engine, &bytes, &digest),
+            },
+            None => Component::new(engine, &bytes),
+        }
+        .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
         check_exports_run(engine, &component).with_context(|| format!("plugin {name}"))?;
 
         let mut linker = Linker::new(engine);
@@ -65,7 +88,14 @@ impl Plugin {
         Ok(Self {
             pre,
             config: Arc::new(config),
+            digest,
+            from_cache,
         })
+    }
+
+    /// The engine the plugin was compiled for.
+    pub fn engine(&self) -> &Engine {
+        self.pre.engine()
     }
 }
 

@@ -72,21 +72,26 @@ impl Reclaimer {
         self.pending.store(true, Relaxed);
     }
 
-    /// Reclaims memory whenever the host has been quiet for
-    /// [`QUIET_PERIOD`] since a connection ended. Runs for ever.
-    pub async fn run(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(QUIET_PERIOD / 4);
-        loop {
-            ticks.tick().await;
-            let quiet_for = self
-                .last_end
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed();
-            if quiet_for >= QUIET_PERIOD && self.pending.swap(false, Relaxed) {
-                self.reclaim().await;
+    /// Starts reclaiming memory whenever the host has been quiet for
+    /// [`QUIET_PERIOD`] since a connection ended, for as long as this
+    /// reclaimer (and so its engine) is in use.
+    pub fn spawn(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(QUIET_PERIOD / 4);
+            loop {
+                ticks.tick().await;
+                let Some(this) = this.upgrade() else { return };
+                let quiet_for = this
+                    .last_end
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
+                if quiet_for >= QUIET_PERIOD && this.pending.swap(false, Relaxed) {
+                    this.reclaim().await;
+                }
             }
-        }
+        });
     }
 
     async fn reclaim(&self) {

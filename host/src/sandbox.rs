@@ -16,8 +16,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::error::Context;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Result,
-    Store, UpdateDeadline, bail,
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig,
+    ResourceLimiter, Result, Store, UpdateDeadline, bail,
 };
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
@@ -81,7 +81,7 @@ const POOL_RETRY_PAUSE: Duration = Duration::from_millis(1);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the operator allows, from the command line.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// Connections served at once; the instance pool holds this many.
     pub max_connections: u32,
@@ -146,36 +146,52 @@ pub fn memory_slots(limits: &Limits) -> usize {
     limits.max_connections as usize * MEMORIES_PER_PLUGIN as usize
 }
 
-/// Advances the engine's epoch every [`YIELD_INTERVAL`] on a thread of its
-/// own; the thread stops when this is dropped.
+/// Advances the epoch of every engine it is given every [`YIELD_INTERVAL`],
+/// on a thread of its own; the thread stops when this is dropped. (One
+/// engine per service, one thread for all.)
 pub struct EpochTicker {
+    engines: Arc<Mutex<Vec<EngineWeak>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    pub fn start(engine: &Engine) -> Result<Self> {
+    pub fn start() -> Result<Self> {
+        let engines: Arc<Mutex<Vec<EngineWeak>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn({
-                let engine = engine.weak();
-                let stop = stop.clone();
+                let (engines, stop) = (engines.clone(), stop.clone());
                 move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(YIELD_INTERVAL);
-                        match engine.upgrade() {
-                            Some(engine) => engine.increment_epoch(),
-                            None => break,
-                        }
+                        let mut engines = engines.lock().unwrap_or_else(|p| p.into_inner());
+                        // An engine no version uses any more is dropped.
+                        engines.retain(|engine| match engine.upgrade() {
+                            Some(engine) => {
+                                engine.increment_epoch();
+                                true
+                            }
+                            None => false,
+                        });
                     }
                 }
             })
             .context("cannot start the epoch thread")?;
         Ok(Self {
+            engines,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Ticks `engine` too, from now on.
+    pub fn add(&self, engine: &Engine) {
+        self.engines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(engine.weak());
     }
 }
 
@@ -208,6 +224,7 @@ impl WasiView for ConnState {
 /// Refuses memory growth past the limit, and logs and counts the first
 /// refusal of each connection.
 struct MemoryLimit {
+    service: Arc<str>,
     conn: u64,
     max_bytes: usize,
     hit: bool,
@@ -223,6 +240,7 @@ impl ResourceLimiter for MemoryLimit {
             self.hit = true;
             count(&self.counters.memory_limit_hits);
             tracing::warn!(
+                service = %self.service,
                 conn = self.conn,
                 current,
                 desired,
@@ -262,6 +280,8 @@ pub enum StopReason {
 /// Everything a connection needs from the host: the plugin, the limits,
 /// the counters, and the signal to stop at the end of a drain.
 pub struct Sandbox {
+    /// The service's name, for the log.
+    pub service: Arc<str>,
     pub plugin: Plugin,
     pub limits: Limits,
     pub counters: Arc<Counters>,
@@ -271,6 +291,7 @@ pub struct Sandbox {
 impl Sandbox {
     fn new_store(&self, conn: u64) -> Store<ConnState> {
         let log = PluginLog::new(
+            self.service.clone(),
             conn,
             self.limits.log_lines_per_second,
             self.counters.clone(),
@@ -290,6 +311,7 @@ impl Sandbox {
             table,
             config: self.plugin.config.clone(),
             memory: MemoryLimit {
+                service: self.service.clone(),
                 conn,
                 max_bytes: self.limits.memory_bytes,
                 hit: false,
@@ -346,9 +368,13 @@ impl Sandbox {
             Ok(conn) => conn,
             Err(error) => return Served::new(Outcome::Trapped(error)),
         };
+        let mut instantiation = None;
         let work = async {
+            let started = Instant::now();
             let handler = self.instantiate(&mut conn, socket).await?;
+            instantiation = Some(started.elapsed());
             tracing::debug!(
+                service = %self.service,
                 conn = info.id,
                 startup_us = accepted.elapsed().as_micros() as u64,
                 "calling run"
@@ -359,6 +385,7 @@ impl Sandbox {
         let outcome = self.under_limits(work, socket, accepted).await;
 
         let mut served = Served::new(outcome);
+        served.instantiation = instantiation;
         if matches!(served.outcome, Outcome::Finished | Outcome::Failed(_))
             && let Ok(output) = conn.store.data_mut().table.get_mut(&conn.output)
         {
@@ -451,11 +478,17 @@ struct ConnStore {
 pub struct Served {
     pub outcome: Outcome,
     pub unsent: usize,
+    /// How long the plugin took to instantiate, if it got that far.
+    pub instantiation: Option<Duration>,
 }
 
 impl Served {
     fn new(outcome: Outcome) -> Self {
-        Self { outcome, unsent: 0 }
+        Self {
+            outcome,
+            unsent: 0,
+            instantiation: None,
+        }
     }
 }
 

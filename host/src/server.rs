@@ -1,36 +1,46 @@
-//! The server: listen, admit, give each connection a task of its own, and
-//! drain on a signal.
+//! The server: listen on every service's addresses, admit, give each
+//! connection a task of its own, reload on request, and drain on a signal.
 //!
-//! Admission works as POCO's `TCPServer` does: the host always accepts, so
-//! the kernel's backlog never decides for it. An accepted connection is
-//! served at once if fewer than `--max-connections` are being served; else
-//! it waits in a queue of at most `--max-queued`, first come first served;
-//! past that it is closed at once and counted as refused.
+//! Admission works as POCO's `TCPServer` does, per service: the host
+//! always accepts, so the kernel's backlog never decides for it. A client
+//! the service's filter does not admit is closed at once, before any
+//! instance exists. An admitted connection is served at once if fewer than
+//! the service's `max-connections` are being served; else it waits in a
+//! queue of at most `max-queued`, first come first served; past that it is
+//! closed at once and counted as refused.
+//!
+//! A reload (SIGHUP, or `POST /reload` on the admin endpoint) builds every
+//! changed service's new version beside the running one, then swaps them
+//! in all at once, or not at all if anything fails: new connections get the
+//! new version, running ones finish on the one they started with.
 //!
 //! Errors of one connection stay in its task and its log lines; the accept
-//! loop only ever sees accept errors.
+//! loops only ever see accept errors.
 
-use std::future::Future;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::admin;
 use crate::bindings::ConnectionInfo;
-use crate::cli::Args;
+use crate::cache::Cache;
+use crate::config::{self, Config};
 use crate::counters::{Counters, count};
-use crate::plugin::Plugin;
-use crate::reclaim::Reclaimer;
-use crate::sandbox::{self, EpochTicker, Outcome, Sandbox, Served, StopReason};
-use crate::shutdown;
+use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
+use crate::service::Version;
+use crate::signals;
 use crate::socket::Socket;
 use crate::untrusted::{self, Untrusted};
 
@@ -45,70 +55,347 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Least time between two warnings about refused connections.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Loads the plugin, listens on `args.listen` and serves until SIGINT or
-/// SIGTERM, then drains. Everything that can be wrong with the flags or the
-/// plugin fails here, before the host listens. (A second signal, or a drain
-/// that overruns, ends the process from [`shutdown`] with status 1.)
-pub async fn run(args: Args) -> Result<ExitCode> {
-    let limits = args.limits()?;
-    let mut shutdown = shutdown::watch(limits.drain_timeout)?;
-    let engine = sandbox::engine(&limits)?;
-    let _ticker = EpochTicker::start(&engine)?;
-    let config = args.config.into_iter().collect();
-    let plugin = Plugin::load(&engine, &args.plugin, config)?;
-    let sandbox = Arc::new(Sandbox {
-        plugin,
-        limits,
-        counters: Arc::new(Counters::default()),
+/// Where the host's configuration comes from, for reloads.
+pub enum Source {
+    /// `host --plugin ...`: the flags, which a reload keeps; only the
+    /// plugin file is read again.
+    Flags,
+    /// `host --config-file PATH`: the file, read again on every reload.
+    File(PathBuf),
+}
+
+/// The running host: its services, their listeners, and what every
+/// connection shares.
+pub struct Host {
+    source: Source,
+    cache: Option<Arc<Cache>>,
+    ticker: EpochTicker,
+    /// Cancelled at the end of a drain: stops the connections left.
+    stop: CancellationToken,
+    /// Cancelled when a drain starts: stops every accept loop.
+    accepting: CancellationToken,
+    tracker: TaskTracker,
+    next_id: AtomicU64,
+    /// Whether every service listens and no drain has started.
+    ready: AtomicBool,
+    /// How many connections this process can hold, all services together.
+    capacity: u64,
+    /// What is being served. A lock held across a whole reload, so that
+    /// reloads happen one at a time.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    config: Option<Config>,
+    versions: BTreeMap<String, Arc<Version>>,
+    /// Counters by service name: they outlive versions, and services.
+    counters: HashMap<String, Arc<Counters>>,
+    /// Each listener, by the address it was configured with, and the
+    /// version its accept loop hands connections to (`None` stops it).
+    listeners: HashMap<ListenKey, watch::Sender<Option<Arc<Version>>>>,
+}
+
+/// What identifies a listener across reloads: its configured address;
+/// and, for port 0 (any free port, so a new one each time), the service.
+type ListenKey = (SocketAddr, String);
+
+fn listen_key(addr: SocketAddr, service: &str) -> ListenKey {
+    match addr.port() {
+        0 => (addr, service.to_string()),
+        _ => (addr, String::new()),
+    }
+}
+
+/// Serves `config` until SIGINT or SIGTERM, then drains. Everything that
+/// can be wrong with the configuration or a plugin fails here, before the
+/// host listens. (A second signal, or a drain that overruns, ends the
+/// process from [`signals`] with status 1.)
+pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
+    let (mut shutdown, mut reloads) = signals::watch(config.drain_timeout)?;
+    let capacity = Capacity::of(&config.services);
+    let host = Arc::new(Host {
+        source,
+        cache: config
+            .cache_dir
+            .as_deref()
+            .map(|dir| Arc::new(Cache::new(dir))),
+        ticker: EpochTicker::start()?,
         stop: CancellationToken::new(),
+        accepting: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        next_id: AtomicU64::new(0),
+        ready: AtomicBool::new(false),
+        capacity: capacity.connections,
+        state: Mutex::new(State::default()),
     });
-    let checked = tokio::select! {
-        checked = sandbox.check() => checked,
+    let admin = match config.admin {
+        Some(addr) => Some((addr, admin::install()?)),
+        None => None,
+    };
+    tokio::select! {
+        started = host.apply(config) => { started?; }
         name = shutdown.requested() => {
-            info!("{name} during the plugin's start-up check: stopped before listening");
+            info!("{name} during start-up: stopped before listening");
             return Ok(ExitCode::SUCCESS);
         }
-    };
-    checked
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("plugin {} cannot be instantiated", args.plugin.display()))?;
+    }
+    capacity.log();
+    host.ready.store(true, Relaxed);
+    if let Some((addr, metrics)) = admin {
+        admin::serve(addr, host.clone(), metrics).await?;
+    }
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    println!("listening on {local}");
-    info!(plugin = %args.plugin.display(), %local, limits = ?sandbox.limits, "listening");
-
-    let ceiling = connection_ceiling(&sandbox.limits);
-    let places = Arc::new(Semaphore::new(ceiling as usize));
-    let memory_slots = sandbox::memory_slots(&sandbox.limits);
-    let reclaimer = Arc::new(
-        Reclaimer::new(&engine, places.clone(), memory_slots)
-            .map_err(anyhow::Error::from)
-            .context("cannot set up memory reclaiming")?,
-    );
-
-    tokio::spawn(reclaimer.clone().run());
-    let tracker = TaskTracker::new();
-    let admission = Admission {
-        places,
-        max_connections: ceiling,
-        reclaimer,
-    };
-    accept_loop(
-        listener,
-        &sandbox,
-        &admission,
-        &tracker,
-        shutdown.requested(),
-    )
-    .await;
-    drain(&sandbox, &tracker).await;
-    info!(counters = %sandbox.counters, "stopped");
+    tokio::spawn({
+        let host = host.clone();
+        async move {
+            while reloads.recv().await.is_some() {
+                let _ = host.reload().await;
+            }
+        }
+    });
+    let name = shutdown.requested().await;
+    host.ready.store(false, Relaxed);
+    host.accepting.cancel();
+    info!("{name}: stopped accepting");
+    host.drain().await;
+    for (service, counters) in &host.state.lock().await.counters {
+        info!(service, %counters, "stopped");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+impl Host {
+    /// Whether every service listens and no drain has started.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// Every service's current version, and every service's counters
+    /// (services removed by a reload included).
+    pub async fn snapshot(&self) -> (Vec<Arc<Version>>, Vec<(String, Arc<Counters>)>) {
+        let state = self.state.lock().await;
+        let versions = state.versions.values().cloned().collect();
+        let counters = state
+            .counters
+            .iter()
+            .map(|(name, counters)| (name.clone(), counters.clone()))
+            .collect();
+        (versions, counters)
+    }
+
+    /// Reads the configuration again (the file, or the flags' plugin) and
+    /// applies it; logs and returns what changed, or the one-line error
+    /// that left everything as it was.
+    pub async fn reload(self: &Arc<Self>) -> Result<String> {
+        info!("reloading");
+        let config = match &self.source {
+            Source::File(path) => Config::load(path),
+            Source::Flags => self
+                .state
+                .lock()
+                .await
+                .config
+                .clone()
+                .context("nothing to reload"),
+        };
+        let applied = match config {
+            Ok(config) => self.apply(config).await,
+            Err(error) => Err(error),
+        };
+        match &applied {
+            Ok(changes) => info!("reloaded: {changes}"),
+            Err(error) => error!("reload refused, nothing changed: {}", one_line(error)),
+        }
+        applied.map_err(|error| anyhow::anyhow!(one_line(&error)))
+    }
+
+    /// Makes `config` what the host serves: builds the version of every
+    /// service that is new or changed, binds every new address, and only
+    /// then swaps them all in. On any error, nothing changes.
+    async fn apply(self: &Arc<Self>, config: Config) -> Result<String> {
+        let mut state = self.state.lock().await;
+        let mut versions = BTreeMap::new();
+        let mut built = Vec::new();
+        for spec in &config.services {
+            let previous = state.versions.get(&spec.name);
+            if let Some(previous) = previous
+                && previous.serves(spec)
+            {
+                versions.insert(spec.name.clone(), previous.clone());
+                continue;
+            }
+            let counters = state.counters.get(&spec.name).cloned().unwrap_or_default();
+            let ceiling = u32::try_from(self.capacity).unwrap_or(u32::MAX);
+            let version = Version::build(
+                spec,
+                counters,
+                self.stop.clone(),
+                self.cache.clone(),
+                &self.ticker,
+                ceiling,
+                previous.map(|previous| &**previous),
+            )
+            .await
+            .map_err(|error| self.in_service(error, &spec.name))?;
+            built.push(spec.name.clone());
+            versions.insert(spec.name.clone(), Arc::new(version));
+        }
+
+        let mut bound = Vec::new();
+        for version in versions.values() {
+            for addr in &version.spec.listen {
+                let key = listen_key(*addr, version.name());
+                if state.listeners.contains_key(&key) {
+                    continue;
+                }
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))
+                    .map_err(|error| self.in_service(error, version.name()))?;
+                bound.push((key, listener, version.clone()));
+            }
+        }
+
+        // Nothing can fail from here on.
+        let owner: HashMap<ListenKey, Arc<Version>> = versions
+            .values()
+            .flat_map(|version| {
+                let name = version.name();
+                version
+                    .spec
+                    .listen
+                    .iter()
+                    .map(move |addr| (listen_key(*addr, name), version.clone()))
+            })
+            .collect();
+        let mut stopped = Vec::new();
+        state.listeners.retain(|key, sender| match owner.get(key) {
+            Some(version) => {
+                sender.send_if_modified(|current| {
+                    let changed = !current
+                        .as_ref()
+                        .is_some_and(|current| Arc::ptr_eq(current, version));
+                    *current = Some(version.clone());
+                    changed
+                });
+                true
+            }
+            None => {
+                let _ = sender.send(None);
+                stopped.push(key.0);
+                false
+            }
+        });
+        let shorthand = matches!(self.source, Source::Flags);
+        for (key, listener, version) in bound {
+            let local = listener.local_addr().unwrap_or(key.0);
+            if shorthand {
+                println!("listening on {local}");
+            } else {
+                println!("listening on {local} for service {}", version.name());
+            }
+            info!(service = version.name(), plugin = %version.spec.plugin.display(), %local, limits = ?version.sandbox.limits, "listening");
+            let (sender, receiver) = watch::channel(Some(version));
+            state.listeners.insert(key, sender);
+            tokio::spawn(accept_loop(self.clone(), listener, receiver));
+        }
+        for name in &built {
+            if let Some(version) = versions.get(name) {
+                let plugin = &version.sandbox.plugin;
+                info!(
+                    service = name, plugin = %version.spec.plugin.display(), digest = %plugin.digest,
+                    from_cache = plugin.from_cache, ms = version.loaded_in.as_millis() as u64,
+                    "plugin loaded and checked"
+                );
+                crate::admin::plugin_in_force(
+                    name,
+                    &version.sandbox.plugin.digest,
+                    state
+                        .versions
+                        .get(name)
+                        .map(|old| old.sandbox.plugin.digest.as_str()),
+                );
+                state
+                    .counters
+                    .insert(name.clone(), version.sandbox.counters.clone());
+            }
+        }
+        let removed: Vec<String> = state
+            .versions
+            .keys()
+            .filter(|name| !versions.contains_key(*name))
+            .cloned()
+            .collect();
+        state.versions = versions;
+        state.config = Some(config);
+        Ok(format!(
+            "services built: [{}]; removed: [{}]; addresses no longer served: [{}]",
+            built.join(", "),
+            removed.join(", "),
+            stopped
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// `error`, saying which service it is about when there are several.
+    fn in_service(&self, error: anyhow::Error, service: &str) -> anyhow::Error {
+        match self.source {
+            Source::Flags => error,
+            Source::File(_) => error.context(format!("service {service}")),
+        }
+    }
+
+    /// Lets live connections finish for up to the drain timeout, then
+    /// stops the rest. Every limit covers a connection's whole life, so a
+    /// stopped one ends within a millisecond or so; [`signals`] ends the
+    /// process if not.
+    async fn drain(&self) {
+        self.tracker.close();
+        let timeout = match &self.state.lock().await.config {
+            Some(config) => config.drain_timeout,
+            None => Duration::ZERO,
+        };
+        let (live, queued) = self.totals().await;
+        info!(
+            live,
+            queued,
+            "draining for up to {}",
+            humantime::format_duration(timeout)
+        );
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let (live, _) = self.totals().await;
+            warn!(live, "drain timed out: stopping the connections left");
+            self.stop.cancel();
+            self.tracker.wait().await;
+        }
+    }
+
+    /// Connections live and queued, all services together.
+    async fn totals(&self) -> (u64, u64) {
+        let state = self.state.lock().await;
+        state.counters.values().fold((0, 0), |(live, queued), c| {
+            (
+                live + c.current.load(Relaxed),
+                queued + c.queued.load(Relaxed),
+            )
+        })
+    }
+}
+
+/// An error and its causes, on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Memory mappings one live connection adds (measured with the echo
@@ -120,89 +407,101 @@ const HEADROOM: u64 = 1024;
 
 /// How many connections this process can hold: the open-file limit (raised
 /// as far as the hard limit allows) and the kernel's cap on memory mappings
-/// (`vm.max_map_count`) both bound it. Logs the figure and what to raise
-/// for more; if `--max-connections` asks for more than fits, admits only
-/// what fits, so that the host refuses connections at the ceiling instead
-/// of failing to instantiate them.
-fn connection_ceiling(limits: &sandbox::Limits) -> u32 {
-    let wanted = u64::from(limits.max_connections) + u64::from(limits.max_queued) + HEADROOM;
-    let files = match rlimit::increase_nofile_limit(wanted) {
-        Ok(files) => files,
-        Err(error) => {
-            warn!("cannot read the open-file limit: {error}");
-            wanted
+/// (`vm.max_map_count`) both bound it. Each service admits at most this
+/// many, so that the host refuses connections at the ceiling instead of
+/// failing to instantiate them.
+struct Capacity {
+    connections: u64,
+    /// What the services' `max-connections` ask for together.
+    wanted: u64,
+    files: u64,
+    by_files: u64,
+    max_map_count: Option<u64>,
+    mapped: u64,
+    by_mappings: u64,
+}
+
+impl Capacity {
+    fn of(services: &[config::Service]) -> Capacity {
+        let wanted: u64 = services
+            .iter()
+            .map(|service| u64::from(service.limits.max_connections))
+            .sum();
+        let queued: u64 = services
+            .iter()
+            .map(|service| u64::from(service.limits.max_queued))
+            .sum();
+        let needed = wanted + queued + HEADROOM;
+        // A failure to raise the limit shows in the figure logged.
+        let files = rlimit::increase_nofile_limit(needed).unwrap_or(needed);
+        let by_files = files.saturating_sub(HEADROOM + queued);
+        let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        let mapped = std::fs::read_to_string("/proc/self/maps")
+            .map_or(0, |maps| maps.lines().count() as u64);
+        let by_mappings = max_map_count.map_or(u64::MAX, |max| {
+            max.saturating_sub(mapped + HEADROOM) / MAPPINGS_PER_CONNECTION
+        });
+        Capacity {
+            connections: by_files.min(by_mappings).max(1),
+            wanted,
+            files,
+            by_files,
+            max_map_count,
+            mapped,
+            by_mappings,
         }
-    };
-    let by_files = files.saturating_sub(HEADROOM + u64::from(limits.max_queued));
-    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    let mapped =
-        std::fs::read_to_string("/proc/self/maps").map_or(0, |maps| maps.lines().count() as u64);
-    let by_mappings = max_map_count.map_or(u64::MAX, |max| {
-        max.saturating_sub(mapped + HEADROOM) / MAPPINGS_PER_CONNECTION
-    });
-
-    let ceiling = by_files
-        .min(by_mappings)
-        .min(u64::from(limits.max_connections));
-    let ceiling = u32::try_from(ceiling)
-        .unwrap_or(limits.max_connections)
-        .max(1);
-    info!(
-        ceiling, open_files = files, max_map_count = ?max_map_count, mappings = mapped,
-        "connections this process can hold"
-    );
-    if ceiling < limits.max_connections {
-        let binding = if by_mappings < by_files {
-            format!(
-                "{mapped} memory mappings in use of vm.max_map_count {}: raise it with \
-                 `sysctl -w vm.max_map_count=N`",
-                max_map_count.unwrap_or_default()
-            )
-        } else {
-            format!("the open-file limit is {files}: raise it with `ulimit -n`")
-        };
-        warn!(
-            "--max-connections {} does not fit, serving at most {ceiling} at once: {binding}",
-            limits.max_connections
-        );
     }
-    ceiling
+
+    /// Logs the figure and, if the services ask for more, what to raise.
+    fn log(&self) {
+        let capacity = self.connections;
+        info!(
+            ceiling = capacity.min(self.wanted), open_files = self.files,
+            max_map_count = ?self.max_map_count, mappings = self.mapped,
+            "connections this process can hold"
+        );
+        if capacity < self.wanted {
+            let binding = if self.by_mappings < self.by_files {
+                format!(
+                    "{} memory mappings in use of vm.max_map_count {}: raise it with \
+                     `sysctl -w vm.max_map_count=N`",
+                    self.mapped,
+                    self.max_map_count.unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "the open-file limit is {}: raise it with `ulimit -n`",
+                    self.files
+                )
+            };
+            warn!(
+                "--max-connections {} does not fit, serving at most {capacity} at once: {binding}",
+                self.wanted
+            );
+        }
+    }
 }
 
-/// What admission works with: the places, one per connection served at
-/// once, and the reclaimer told of every connection's end.
-struct Admission {
-    places: Arc<Semaphore>,
-    max_connections: u32,
-    reclaimer: Arc<Reclaimer>,
-}
-
-/// Accepts connections on `listener` until `shutdown` resolves, and admits
-/// each one (see the module doc), serving at most `max_connections` at once.
+/// Accepts connections on `listener` for the version its channel names,
+/// until the drain starts or the channel says `None`, and admits each one
+/// (see the module doc).
 async fn accept_loop(
+    host: Arc<Host>,
     listener: TcpListener,
-    sandbox: &Arc<Sandbox>,
-    admission: &Admission,
-    tracker: &TaskTracker,
-    shutdown: impl Future<Output = &'static str>,
+    mut serving: watch::Receiver<Option<Arc<Version>>>,
 ) {
-    let counters = &sandbox.counters;
-    let Admission {
-        places,
-        max_connections,
-        reclaimer,
-    } = admission;
-    let mut next_id = 0u64;
     let mut last_refusal_warning: Option<Instant> = None;
-    tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
-            name = &mut shutdown => {
-                info!("{name}: stopped accepting");
-                return;
+            () = host.accepting.cancelled() => return,
+            changed = serving.changed() => {
+                if changed.is_err() || serving.borrow().is_none() {
+                    return;
+                }
+                continue;
             }
             accepted = listener.accept() => accepted,
         };
@@ -214,29 +513,40 @@ async fn accept_loop(
                 continue;
             }
         };
-        next_id += 1;
-        let id = next_id;
+        let Some(version) = serving.borrow().clone() else {
+            return;
+        };
+        let id = host.next_id.fetch_add(1, Relaxed) + 1;
+        let service = version.name();
+        let counters = version.sandbox.counters.clone();
         count(&counters.total);
+        if !version.spec.peers.admits(peer.ip()) {
+            count(&counters.filtered);
+            debug!(service, conn = id, %peer, "refused: filtered");
+            continue;
+        }
 
+        let places = version.places.clone();
+        let max_queued = version.sandbox.limits.max_queued;
         let serve = {
-            let (sandbox, reclaimer) = (sandbox.clone(), reclaimer.clone());
-            move |place| serve_connection(sandbox, reclaimer, tcp, peer, id, place)
+            let version = version.clone();
+            move |place| serve_connection(version, tcp, peer, id, place)
         };
         if let Ok(place) = places.clone().try_acquire_owned() {
-            tracker.spawn(serve(place));
-        } else if counters.queued.load(Relaxed) < u64::from(sandbox.limits.max_queued) {
+            host.tracker.spawn(serve(place));
+        } else if counters.queued.load(Relaxed) < u64::from(max_queued) {
             count(&counters.queued);
-            info!(conn = id, %peer, "queued: all places taken");
-            let (sandbox, places) = (sandbox.clone(), places.clone());
-            tracker.spawn(async move {
+            info!(service, conn = id, %peer, "queued: all places taken");
+            let stop = host.stop.clone();
+            host.tracker.spawn(async move {
                 let place = tokio::select! {
                     place = places.acquire_owned() => place,
-                    () = sandbox.stop.cancelled() => {
-                        sandbox.counters.queued.fetch_sub(1, Relaxed);
+                    () = stop.cancelled() => {
+                        counters.queued.fetch_sub(1, Relaxed);
                         return;
                     }
                 };
-                sandbox.counters.queued.fetch_sub(1, Relaxed);
+                counters.queued.fetch_sub(1, Relaxed);
                 // The semaphore is never closed, so acquiring cannot fail.
                 if let Ok(place) = place {
                     serve(place).await;
@@ -250,54 +560,32 @@ async fn accept_loop(
             if due {
                 last_refusal_warning = Some(Instant::now());
                 warn!(
-                    conn = id, %peer, refused = counters.refused.load(Relaxed),
-                    "refused: {max_connections} connections served and {} queued",
-                    sandbox.limits.max_queued
+                    service, conn = id, %peer, refused = counters.refused.load(Relaxed),
+                    "refused: {} connections served and {max_queued} queued",
+                    version.max_connections
                 );
             }
         }
     }
 }
 
-/// Lets live connections finish for up to the drain timeout, then stops
-/// the rest. Every limit covers a connection's whole life, so a stopped one
-/// ends within a yield interval; [`shutdown`] ends the process if not.
-async fn drain(sandbox: &Sandbox, tracker: &TaskTracker) {
-    tracker.close();
-    let counters = &sandbox.counters;
-    let timeout = sandbox.limits.drain_timeout;
-    info!(
-        live = counters.current.load(Relaxed),
-        queued = counters.queued.load(Relaxed),
-        "draining for up to {}",
-        humantime::format_duration(timeout)
-    );
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        warn!(
-            live = counters.current.load(Relaxed),
-            "drain timed out: stopping the connections left"
-        );
-        sandbox.stop.cancel();
-        tracker.wait().await;
-    }
-}
-
 /// Serves one admitted connection from start to close, and logs it. The
 /// place is given back when this returns.
 async fn serve_connection(
-    sandbox: Arc<Sandbox>,
-    reclaimer: Arc<Reclaimer>,
+    version: Arc<Version>,
     tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
     _place: OwnedSemaphorePermit,
 ) {
     let accepted = Instant::now();
-    info!(conn = id, %peer, "accepted");
+    let service = version.name();
+    info!(service, conn = id, %peer, "accepted");
     let local = match tcp.local_addr() {
         Ok(local) => local,
         Err(error) => {
             warn!(
+                service,
                 conn = id,
                 "closed at once: cannot read its local address: {error}"
             );
@@ -308,6 +596,7 @@ async fn serve_connection(
     // each one back for up to 40 ms waiting for the client's ACK.
     let _ = tcp.set_nodelay(true);
 
+    let sandbox = &version.sandbox;
     let counters = &sandbox.counters;
     counters.connection_started();
     let socket = Socket::new(tcp);
@@ -319,21 +608,35 @@ async fn serve_connection(
     let served = sandbox.serve(&info, &socket, accepted).await;
     close(&socket).await;
     counters.connection_ended();
-    reclaimer.connection_ended();
-    log_outcome(counters, id, accepted, &socket, served);
+    counters.bytes_in.fetch_add(socket.bytes_in(), Relaxed);
+    counters.bytes_out.fetch_add(socket.bytes_out(), Relaxed);
+    version.reclaimer.connection_ended();
+    crate::admin::connection_ended(service, accepted.elapsed(), served.instantiation);
+    log_outcome(service, counters, id, accepted, &socket, served);
 }
 
 /// Logs the one `closed` line of a connection, and counts how it ended.
 /// Whatever the plugin wrote into it (an error message, names in a trap's
 /// backtrace) is escaped and bounded ([`Untrusted`]), so the record stays
 /// one line of bounded size.
-fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket, served: Served) {
+fn log_outcome(
+    service: &str,
+    counters: &Counters,
+    id: u64,
+    accepted: Instant,
+    socket: &Socket,
+    served: Served,
+) {
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     let (bytes_in, bytes_out) = (socket.bytes_in(), socket.bytes_out());
     let unsent = served.unsent;
+    if matches!(served.outcome, Outcome::Finished) {
+        count(&counters.finished);
+    }
     match served.outcome {
         Outcome::Finished if unsent == 0 => {
             info!(
+                service,
                 conn = id,
                 elapsed_ms,
                 bytes_in,
@@ -344,6 +647,7 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
         }
         Outcome::Finished => {
             warn!(
+                service,
                 conn = id,
                 elapsed_ms,
                 bytes_in,
@@ -356,7 +660,7 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
         Outcome::Failed(message) => {
             count(&counters.errors);
             warn!(
-                conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", unsent,
+                service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", unsent,
                 error = %Untrusted(&message), "closed"
             )
         }
@@ -367,7 +671,7 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
                 .map(|backtrace| untrusted::displayed(backtrace))
                 .unwrap_or_default();
             warn!(
-                conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+                service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
                 error = %Untrusted(&error.root_cause().to_string()),
                 wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
             )
@@ -381,6 +685,7 @@ fn log_outcome(counters: &Counters, id: u64, accepted: Instant, socket: &Socket,
             };
             count(counter);
             warn!(
+                service,
                 conn = id,
                 elapsed_ms,
                 bytes_in,

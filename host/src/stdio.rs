@@ -52,6 +52,7 @@ impl Stream {
 /// The log of one connection's plugin, shared by all its stdout and stderr
 /// handles.
 pub struct PluginLog {
+    service: Arc<str>,
     conn: u64,
     lines_per_second: u32,
     counters: Arc<Counters>,
@@ -78,8 +79,14 @@ struct Line {
 }
 
 impl PluginLog {
-    pub fn new(conn: u64, lines_per_second: u32, counters: Arc<Counters>) -> Arc<Self> {
+    pub fn new(
+        service: Arc<str>,
+        conn: u64,
+        lines_per_second: u32,
+        counters: Arc<Counters>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            service,
             conn,
             lines_per_second,
             counters,
@@ -152,7 +159,14 @@ impl PluginLog {
         if state.logged < self.lines_per_second {
             state.logged += 1;
             let text = format!("{text}{marker}");
-            tracing::info!(target: "plugin", conn = self.conn, stream = stream.name(), "{}", Untrusted(&text));
+            tracing::info!(
+                target: "plugin",
+                service = %self.service,
+                conn = self.conn,
+                stream = stream.name(),
+                "{}",
+                Untrusted(&text)
+            );
         } else {
             state.dropped += 1;
             crate::counters::count(&self.counters.log_lines_dropped);
@@ -164,6 +178,7 @@ impl PluginLog {
         if state.dropped > 0 {
             tracing::warn!(
                 target: "plugin",
+                service = %self.service,
                 conn = self.conn,
                 dropped = state.dropped,
                 "plugin log lines dropped: over {} lines per second",

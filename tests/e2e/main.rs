@@ -18,5 +18,8 @@ mod isolation;
 mod lifecycle;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
+/// Several services from a config file, the admin endpoint, reload, the
+/// compile cache, JSON logs.
+mod services;
 /// Bad plugin files and bad flags: one error line, exit status 2.
 mod startup;

@@ -27,17 +27,25 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// The `host` binary cargo built for these tests.
+/// The `host` binary cargo built for these tests, logging at `info`, with
+/// its compile cache in the target folder.
 pub fn host_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
-    command.env("PORTICO_LOG", "info");
+    command
+        .env("PORTICO_LOG", "info")
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
     command
 }
 
 /// A running host, stopped (SIGKILL) when dropped.
 pub struct Host {
     child: Child,
+    /// The first address it listens on.
     pub addr: SocketAddr,
+    /// Every address it listens on, with the service's name.
+    pub listening: Vec<(String, SocketAddr)>,
+    /// The admin endpoint's address, if it has one.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -51,11 +59,31 @@ impl Host {
     /// Starts `host --plugin <path> --listen 127.0.0.1:0 <args>` and waits
     /// until it listens.
     pub fn start_file(plugin: &std::path::Path, args: &[&str]) -> Host {
-        let mut child = host_command()
+        let mut command = host_command();
+        command
             .arg("--plugin")
             .arg(plugin)
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        let admin = args.contains(&"--admin");
+        Host::spawn(command, 1, admin)
+    }
+
+    /// Starts `host --config-file <path> <args>` and waits until it listens
+    /// on `listeners` addresses (and on its admin endpoint, if `admin`).
+    pub fn start_config(
+        path: &std::path::Path,
+        args: &[&str],
+        listeners: usize,
+        admin: bool,
+    ) -> Host {
+        let mut command = host_command();
+        command.arg("--config-file").arg(path).args(args);
+        Host::spawn(command, listeners, admin)
+    }
+
+    fn spawn(mut command: Command, listeners: usize, admin: bool) -> Host {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,17 +105,51 @@ impl Host {
         });
 
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut first = String::new();
-        stdout
-            .read_line(&mut first)
-            .expect("read the host's stdout");
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("host printed {first:?}, log: {}", log.lock().unwrap()))
-            .parse()
-            .expect("a socket address");
-        Host { child, addr, log }
+        let mut next_line = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read the host's stdout");
+            line.trim().to_string()
+        };
+        let mut listening = Vec::new();
+        for _ in 0..listeners {
+            let line = next_line();
+            let rest = line
+                .strip_prefix("listening on ")
+                .unwrap_or_else(|| panic!("host printed {line:?}, log: {}", log.lock().unwrap()));
+            let (addr, service) = match rest.split_once(" for service ") {
+                Some((addr, service)) => (addr, service.to_string()),
+                None => (rest, String::new()),
+            };
+            listening.push((service, addr.parse().expect("a socket address")));
+        }
+        let admin = admin.then(|| {
+            let line = next_line();
+            line.strip_prefix("admin on ")
+                .unwrap_or_else(|| panic!("host printed {line:?}"))
+                .parse()
+                .expect("a socket address")
+        });
+        Host {
+            child,
+            addr: listening[0].1,
+            listening,
+            admin,
+            log,
+        }
+    }
+
+    /// The first address service `name` listens on.
+    pub fn service(&self, name: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(service, _)| service == name)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no service {name} in {:?}", self.listening))
+    }
+
+    /// The admin endpoint's URL for `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("an admin endpoint"))
     }
 
     /// A new client connection, with [`TIMEOUT`] on reads and writes.

@@ -9,7 +9,9 @@
 //!   echo server (see BENCHMARKS.md).
 //! - `cargo xtask plugins`: set up and build the plugins only.
 //!
-//! "Set up" means installing the `wasm32-wasip2` target with rustup.
+//! "Set up" means installing the `wasm32-wasip2` target with rustup; for
+//! the tests, also the programs they run that the machine lacks, from
+//! Debian's packages (`promtool`, from `prometheus`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -31,7 +33,9 @@ fn main() -> ExitCode {
         // `cargo xtask run -- FLAGS` works as well as `cargo xtask run FLAGS`.
         "run" => build_plugins()
             .and_then(|dir| run_host(&dir, rest.strip_prefix(&["--".to_string()]).unwrap_or(rest))),
-        "test" => build_plugins().and_then(|dir| run_tests(&dir, rest)),
+        "test" => install_test_programs()
+            .and_then(|()| build_plugins())
+            .and_then(|dir| run_tests(&dir, rest)),
         "bench" => build_plugins().and_then(|dir| run_bench(&dir, rest)),
         "plugins" => build_plugins().map(|dir| println!("plugins built in {}", dir.display())),
         _ => {
@@ -78,6 +82,32 @@ fn build_plugins() -> Result<PathBuf> {
     }
     run(&mut build)?;
     Ok(target_dir(&root).join(PLUGIN_TARGET).join("release"))
+}
+
+/// Programs the tests run, and the Debian package each comes in.
+const TEST_PROGRAMS: &[(&str, &str)] = &[("promtool", "prometheus")];
+
+/// Installs, with apt-get, the packages of the test programs not on PATH.
+fn install_test_programs() -> Result<()> {
+    let missing: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} with apt-get", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn target_dir(root: &Path) -> PathBuf {

@@ -1,7 +1,9 @@
-//! Stopping on SIGINT and SIGTERM, whatever the plugins are doing.
+//! Stopping on SIGINT and SIGTERM, whatever the plugins are doing, and
+//! reloading on SIGHUP.
 //!
 //! The signals are watched by a thread of their own, not by the async
 //! runtime, so that no amount of plugin work can delay them:
+//! - SIGHUP asks for a reload;
 //! - the first signal asks the server to stop accepting and drain, and
 //!   starts a deadline: if the process is still running the drain timeout
 //!   plus [`DRAIN_MARGIN`] later, it exits with status 1;
@@ -13,9 +15,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, warn};
 
 /// How long past the drain timeout the process may take to exit after the
@@ -39,16 +41,25 @@ impl Shutdown {
     }
 }
 
-/// Starts watching SIGINT and SIGTERM. `drain_timeout` is how long the
-/// drain that the first signal starts may take.
-pub fn watch(drain_timeout: Duration) -> Result<Shutdown> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot watch SIGINT and SIGTERM")?;
+/// Reload requests, one per SIGHUP.
+pub type Reloads = mpsc::UnboundedReceiver<()>;
+
+/// Starts watching SIGINT, SIGTERM and SIGHUP. `drain_timeout` is how long
+/// the drain that the first stop signal starts may take.
+pub fn watch(drain_timeout: Duration) -> Result<(Shutdown, Reloads)> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot watch SIGINT, SIGTERM and SIGHUP")?;
     let (request, requested) = watch::channel(None);
+    let (reload, reloads) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut first = true;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = reload.send(());
+                    continue;
+                }
                 let name = if signal == SIGINT {
                     "SIGINT"
                 } else {
@@ -65,7 +76,7 @@ pub fn watch(drain_timeout: Duration) -> Result<Shutdown> {
             }
         })
         .context("cannot start the signal thread")?;
-    Ok(Shutdown { requested })
+    Ok((Shutdown { requested }, reloads))
 }
 
 /// Exits the process with status 1 if it is still running `deadline` from

@@ -1,0 +1,214 @@
+//! The admin endpoint, over HTTP: `GET /healthz`, `GET /readyz`,
+//! `GET /metrics` (Prometheus text exposition) and `POST /reload`.
+//!
+//! Metric names are part of the product's interface, for dashboards; each
+//! series has a `service` label. Counts come from each service's
+//! [`Counters`] at scrape time; the two histograms are recorded as
+//! connections end. The exporter is installed only when the endpoint is
+//! configured, and recording is a no-op without it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::counters::Counters;
+use crate::server::Host;
+
+/// Histogram buckets, in seconds: from a fast instantiation (tens of
+/// microseconds) to a long-lived connection (an hour).
+const BUCKETS: &[f64] = &[
+    0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
+    100.0, 300.0, 1000.0, 3600.0,
+];
+
+/// Installs the Prometheus exporter as the process's metrics recorder.
+/// Call it once, before anything is recorded.
+pub fn install() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .context("cannot set the histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        "portico_connections_total",
+        "Connections accepted, refused ones included."
+    );
+    describe_gauge!(
+        "portico_connections_active",
+        "Connections being served now."
+    );
+    describe_gauge!(
+        "portico_connections_queued",
+        "Connections waiting for a place now."
+    );
+    describe_counter!(
+        "portico_connections_refused_total",
+        "Connections closed at once: the queue was full, or the filter did not admit the client."
+    );
+    describe_counter!(
+        "portico_connections_closed_total",
+        "Connections served, by how they ended."
+    );
+    describe_counter!(
+        "portico_bytes_received_total",
+        Unit::Bytes,
+        "Bytes received from clients, counted when their connection closes."
+    );
+    describe_counter!(
+        "portico_bytes_sent_total",
+        Unit::Bytes,
+        "Bytes sent to clients, counted when their connection closes."
+    );
+    describe_histogram!(
+        "portico_connection_duration_seconds",
+        Unit::Seconds,
+        "How long connections lasted, from accept to close."
+    );
+    describe_histogram!(
+        "portico_instantiation_seconds",
+        Unit::Seconds,
+        "How long creating a connection's plugin instance took."
+    );
+    describe_counter!(
+        "portico_plugin_log_lines_dropped_total",
+        "Plugin stdout and stderr lines dropped over the rate limit."
+    );
+    describe_counter!(
+        "portico_memory_limit_hits_total",
+        "Connections whose plugin was refused memory at the limit."
+    );
+    describe_gauge!(
+        "portico_plugin_info",
+        "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
+    );
+}
+
+#[derive(Clone)]
+struct Admin {
+    host: Arc<Host>,
+    metrics: PrometheusHandle,
+}
+
+/// Starts serving the admin endpoint on `addr`; prints `admin on ADDR`.
+pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    println!("admin on {local}");
+    tracing::info!(%local, "admin endpoint listening");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .route("/reload", post(reload))
+        .with_state(Admin { host, metrics });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("admin endpoint stopped: {error}");
+        }
+    });
+    Ok(())
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.host.is_ready() {
+        true => (StatusCode::OK, "ready\n"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+async fn reload(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.host.reload().await {
+        Ok(changes) => (StatusCode::OK, format!("{changes}\n")),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")),
+    }
+}
+
+async fn render(State(admin): State<Admin>) -> impl IntoResponse {
+    let (_, services) = admin.host.snapshot().await;
+    for (service, counters) in &services {
+        record_counts(service, counters);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+}
+
+/// Copies a service's counters into the recorder.
+fn record_counts(service: &str, counters: &Counters) {
+    let label = || service.to_string();
+    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Relaxed);
+    counter!("portico_connections_total", "service" => label()).absolute(get(&counters.total));
+    gauge!("portico_connections_active", "service" => label()).set(get(&counters.current) as f64);
+    gauge!("portico_connections_queued", "service" => label()).set(get(&counters.queued) as f64);
+    for (reason, count) in [
+        ("full", &counters.refused),
+        ("filtered", &counters.filtered),
+    ] {
+        counter!("portico_connections_refused_total", "service" => label(), "reason" => reason)
+            .absolute(get(count));
+    }
+    for (outcome, count) in [
+        ("ok", &counters.finished),
+        ("error", &counters.errors),
+        ("trap", &counters.traps),
+        ("cpu-budget", &counters.cpu_budget_stops),
+        ("idle", &counters.idle_timeouts),
+        ("lifetime", &counters.lifetime_stops),
+        ("drain", &counters.drain_stops),
+    ] {
+        counter!("portico_connections_closed_total", "service" => label(), "outcome" => outcome)
+            .absolute(get(count));
+    }
+    counter!("portico_bytes_received_total", "service" => label())
+        .absolute(get(&counters.bytes_in));
+    counter!("portico_bytes_sent_total", "service" => label()).absolute(get(&counters.bytes_out));
+    counter!("portico_plugin_log_lines_dropped_total", "service" => label())
+        .absolute(get(&counters.log_lines_dropped));
+    counter!("portico_memory_limit_hits_total", "service" => label())
+        .absolute(get(&counters.memory_limit_hits));
+}
+
+/// Records a connection's end: how long it lasted and, if its plugin was
+/// instantiated, how long that took.
+pub fn connection_ended(service: &str, lasted: Duration, instantiation: Option<Duration>) {
+    histogram!("portico_connection_duration_seconds", "service" => service.to_string())
+        .record(lasted.as_secs_f64());
+    if let Some(instantiation) = instantiation {
+        histogram!("portico_instantiation_seconds", "service" => service.to_string())
+            .record(instantiation.as_secs_f64());
+    }
+}
+
+/// Records which plugin version a service now serves, and that `replaced`
+/// (if any) no longer is.
+pub fn plugin_in_force(service: &str, digest: &str, replaced: Option<&str>) {
+    if let Some(replaced) = replaced.filter(|replaced| *replaced != digest) {
+        gauge!("portico_plugin_info", "service" => service.to_string(), "digest" => replaced.to_string())
+            .set(0.0);
+    }
+    gauge!("portico_plugin_info", "service" => service.to_string(), "digest" => digest.to_string())
+        .set(1.0);
+}

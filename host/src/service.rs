@@ -1,0 +1,134 @@
+//! A service: one plugin, served on its addresses under its own limits,
+//! with an instance pool of its own that no other service can take from.
+//!
+//! What a service serves at a given moment is a [`Version`]: the plugin as
+//! compiled and checked, its limits and filter, its pool and admission
+//! places. A reload builds a new version beside the running one and swaps
+//! it in; a connection keeps the version it was accepted under until it
+//! ends, so every connection is served entirely by one version.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::config;
+use crate::counters::Counters;
+use crate::plugin::Plugin;
+use crate::reclaim::Reclaimer;
+use crate::sandbox::{self, EpochTicker, Sandbox};
+
+/// One version of a service, ready to serve.
+pub struct Version {
+    /// The service as configured.
+    pub spec: config::Service,
+    /// How long compiling (or loading from the cache) and checking took.
+    pub loaded_in: std::time::Duration,
+    /// The plugin, its limits and counters.
+    pub sandbox: Arc<Sandbox>,
+    /// One place per connection served at once.
+    pub places: Arc<Semaphore>,
+    /// Connections served at once: `max-connections`, or less if the
+    /// process cannot hold that many.
+    pub max_connections: u32,
+    /// Told of every connection's end, to give memory back once they stop.
+    pub reclaimer: Arc<Reclaimer>,
+}
+
+impl Version {
+    /// Builds a version of `spec`: compiles the plugin (or loads it from
+    /// `cache`), checks it by instantiating it once, and sets up its pool.
+    /// If `previous` has a pool of the same shape, the new version shares
+    /// it (and its places), so that old and new connections together stay
+    /// within `max-connections`. `ceiling` is the most connections this
+    /// service may serve at once in this process.
+    pub async fn build(
+        spec: &config::Service,
+        counters: Arc<Counters>,
+        stop: CancellationToken,
+        cache: Option<Arc<Cache>>,
+        ticker: &EpochTicker,
+        ceiling: u32,
+        previous: Option<&Version>,
+    ) -> Result<Version> {
+        let limits = &spec.limits;
+        let shared = previous.filter(|previous| {
+            let old = &previous.spec.limits;
+            old.max_connections == limits.max_connections && old.memory_bytes == limits.memory_bytes
+        });
+        let engine = match shared {
+            Some(previous) => previous.sandbox.plugin.engine().clone(),
+            None => {
+                let engine = sandbox::engine(limits)?;
+                ticker.add(&engine);
+                engine
+            }
+        };
+
+        let loading = std::time::Instant::now();
+        let plugin = {
+            let (engine, path) = (engine.clone(), spec.plugin.clone());
+            let settings = spec.settings.clone().into_iter().collect();
+            // Compiling takes seconds for a large plugin: off the workers.
+            tokio::task::spawn_blocking(move || {
+                Plugin::load(&engine, &path, settings, cache.as_deref())
+            })
+            .await
+            .context("the compiler thread failed")??
+        };
+        let sandbox = Arc::new(Sandbox {
+            service: spec.name.as_str().into(),
+            plugin,
+            limits: limits.clone(),
+            counters,
+            stop,
+        });
+        sandbox
+            .check()
+            .await
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {} cannot be instantiated", spec.plugin.display()))?;
+        let loaded_in = loading.elapsed();
+
+        let (places, max_connections, reclaimer) = match shared {
+            Some(previous) => (
+                previous.places.clone(),
+                previous.max_connections,
+                previous.reclaimer.clone(),
+            ),
+            None => {
+                let max_connections = ceiling.min(limits.max_connections).max(1);
+                let places = Arc::new(Semaphore::new(max_connections as usize));
+                let reclaimer = Arc::new(
+                    Reclaimer::new(&engine, places.clone(), sandbox::memory_slots(limits))
+                        .map_err(anyhow::Error::from)
+                        .context("cannot set up memory reclaiming")?,
+                );
+                reclaimer.spawn();
+                (places, max_connections, reclaimer)
+            }
+        };
+        Ok(Version {
+            spec: spec.clone(),
+            loaded_in,
+            sandbox,
+            places,
+            max_connections,
+            reclaimer,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Whether `spec` would build this same version: same settings, and a
+    /// plugin file with the same content.
+    pub fn serves(&self, spec: &config::Service) -> bool {
+        self.spec == *spec
+            && std::fs::read(&spec.plugin)
+                .is_ok_and(|bytes| crate::cache::digest(&bytes) == self.sandbox.plugin.digest)
+    }
+}
