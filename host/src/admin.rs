@@ -146,8 +146,7 @@ async fn reload(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn render(State(admin): State<Admin>) -> impl IntoResponse {
-    let (_, services) = admin.host.snapshot().await;
-    for (service, counters) in &services {
+    for (service, counters) in &admin.host.counters() {
         record_counts(service, counters);
     }
     (

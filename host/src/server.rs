@@ -83,14 +83,17 @@ pub struct Host {
     /// What is being served. A lock held across a whole reload, so that
     /// reloads happen one at a time.
     state: Mutex<State>,
+    /// Counters by service name: they outlive versions, and services. Apart
+    /// from `state`, so that reading them never waits for a reload.
+    counters: std::sync::Mutex<HashMap<String, Arc<Counters>>>,
+    /// The drain timeout in force, which a reload may change.
+    drain_timeout: Arc<signals::DrainTimeout>,
 }
 
 #[derive(Default)]
 struct State {
     config: Option<Config>,
     versions: BTreeMap<String, Arc<Version>>,
-    /// Counters by service name: they outlive versions, and services.
-    counters: HashMap<String, Arc<Counters>>,
     /// Each listener, by the address it was configured with, and the
     /// version its accept loop hands connections to (`None` stops it).
     listeners: HashMap<ListenKey, watch::Sender<Option<Arc<Version>>>>,
@@ -112,7 +115,8 @@ fn listen_key(addr: SocketAddr, service: &str) -> ListenKey {
 /// host listens. (A second signal, or a drain that overruns, ends the
 /// process from [`signals`] with status 1.)
 pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
-    let (mut shutdown, mut reloads) = signals::watch(config.drain_timeout)?;
+    let drain_timeout = Arc::new(signals::DrainTimeout::new(config.drain_timeout));
+    let (mut shutdown, mut reloads) = signals::watch(drain_timeout.clone())?;
     let capacity = Capacity::of(&config.services);
     let host = Arc::new(Host {
         source,
@@ -128,6 +132,8 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
         ready: AtomicBool::new(false),
         capacity: capacity.connections,
         state: Mutex::new(State::default()),
+        counters: Default::default(),
+        drain_timeout,
     });
     let admin = match config.admin {
         Some(addr) => Some((addr, admin::install()?)),
@@ -159,7 +165,7 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     host.accepting.cancel();
     info!("{name}: stopped accepting");
     host.drain().await;
-    for (service, counters) in &host.state.lock().await.counters {
+    for (service, counters) in host.counters() {
         info!(service, %counters, "stopped");
     }
     Ok(ExitCode::SUCCESS)
@@ -171,17 +177,13 @@ impl Host {
         self.ready.load(Relaxed)
     }
 
-    /// Every service's current version, and every service's counters
-    /// (services removed by a reload included).
-    pub async fn snapshot(&self) -> (Vec<Arc<Version>>, Vec<(String, Arc<Counters>)>) {
-        let state = self.state.lock().await;
-        let versions = state.versions.values().cloned().collect();
-        let counters = state
-            .counters
+    /// Every service's counters, services removed by a reload included.
+    pub fn counters(&self) -> Vec<(String, Arc<Counters>)> {
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters
             .iter()
             .map(|(name, counters)| (name.clone(), counters.clone()))
-            .collect();
-        (versions, counters)
+            .collect()
     }
 
     /// Reads the configuration again (the file, or the flags' plugin) and
@@ -225,7 +227,11 @@ impl Host {
                 versions.insert(spec.name.clone(), previous.clone());
                 continue;
             }
-            let counters = state.counters.get(&spec.name).cloned().unwrap_or_default();
+            let counters = self
+                .counters()
+                .into_iter()
+                .find_map(|(name, counters)| (name == spec.name).then_some(counters))
+                .unwrap_or_default();
             let ceiling = u32::try_from(self.capacity).unwrap_or(u32::MAX);
             let version = Version::build(
                 spec,
@@ -316,8 +322,9 @@ impl Host {
                         .get(name)
                         .map(|old| old.sandbox.plugin.digest.as_str()),
                 );
-                state
-                    .counters
+                self.counters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
                     .insert(name.clone(), version.sandbox.counters.clone());
             }
         }
@@ -328,6 +335,7 @@ impl Host {
             .cloned()
             .collect();
         state.versions = versions;
+        self.drain_timeout.set(config.drain_timeout);
         state.config = Some(config);
         Ok(format!(
             "services built: [{}]; removed: [{}]; addresses no longer served: [{}]",
@@ -355,11 +363,8 @@ impl Host {
     /// process if not.
     async fn drain(&self) {
         self.tracker.close();
-        let timeout = match &self.state.lock().await.config {
-            Some(config) => config.drain_timeout,
-            None => Duration::ZERO,
-        };
-        let (live, queued) = self.totals().await;
+        let timeout = self.drain_timeout.get();
+        let (live, queued) = self.totals();
         info!(
             live,
             queued,
@@ -370,7 +375,7 @@ impl Host {
             .await
             .is_err()
         {
-            let (live, _) = self.totals().await;
+            let (live, _) = self.totals();
             warn!(live, "drain timed out: stopping the connections left");
             self.stop.cancel();
             self.tracker.wait().await;
@@ -378,14 +383,15 @@ impl Host {
     }
 
     /// Connections live and queued, all services together.
-    async fn totals(&self) -> (u64, u64) {
-        let state = self.state.lock().await;
-        state.counters.values().fold((0, 0), |(live, queued), c| {
-            (
-                live + c.current.load(Relaxed),
-                queued + c.queued.load(Relaxed),
-            )
-        })
+    fn totals(&self) -> (u64, u64) {
+        self.counters()
+            .iter()
+            .fold((0, 0), |(live, queued), (_, c)| {
+                (
+                    live + c.current.load(Relaxed),
+                    queued + c.queued.load(Relaxed),
+                )
+            })
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`watch`] is called before any plugin code runs, so a plugin whose
 //! start-up code never returns cannot outlive a SIGTERM either.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -41,12 +42,35 @@ impl Shutdown {
     }
 }
 
+/// The drain timeout in force: set at start and by reloads, read when the
+/// first stop signal starts the exit deadline.
+pub struct DrainTimeout(std::sync::atomic::AtomicU64);
+
+impl DrainTimeout {
+    pub fn new(timeout: Duration) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(millis(timeout)))
+    }
+
+    pub fn set(&self, timeout: Duration) {
+        self.0
+            .store(millis(timeout), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Reload requests, one per SIGHUP.
 pub type Reloads = mpsc::UnboundedReceiver<()>;
 
 /// Starts watching SIGINT, SIGTERM and SIGHUP. `drain_timeout` is how long
 /// the drain that the first stop signal starts may take.
-pub fn watch(drain_timeout: Duration) -> Result<(Shutdown, Reloads)> {
+pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Reloads)> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("cannot watch SIGINT, SIGTERM and SIGHUP")?;
     let (request, requested) = watch::channel(None);
@@ -68,7 +92,7 @@ pub fn watch(drain_timeout: Duration) -> Result<(Shutdown, Reloads)> {
                 if first {
                     first = false;
                     let _ = request.send(Some(name));
-                    exit_after(drain_timeout + DRAIN_MARGIN);
+                    exit_after(drain_timeout.get().saturating_add(DRAIN_MARGIN));
                 } else {
                     warn!("{name} again: exiting without draining");
                     std::process::exit(1);
