@@ -9,20 +9,20 @@
 //! - glibc keeps freed heap in its per-thread arenas, fragmented: after a
 //!   peak of 10,000 connections, over 100 MiB.
 //!
-//! So once no connection has ended for [`QUIET_PERIOD`], [`Reclaimer`]
-//! empties both. wasmtime flushes its queues only when an allocation finds
-//! the pool full, so the reclaimer makes it so: it takes every free
-//! admission place (new connections wait in the queue meanwhile),
+//! So once no connection has started or ended for [`QUIET_PERIOD`],
+//! [`Reclaimer`] empties both. wasmtime flushes its queues only when an
+//! allocation finds the pool full, so the reclaimer makes it so: it
 //! instantiates an empty probe module into every memory slot not held by a
 //! live connection, which flushes every queued slot on the way, and drops
 //! the probes. That costs a few microseconds per slot, once per quiet
-//! period.
+//! period. A connection that arrives meanwhile finds the pool full for
+//! that long, and its instantiation is retried until a slot is free (see
+//! [`crate::sandbox`]), as for any other momentary shortage.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use wasmtime::{Engine, Instance, Module, Store};
 
 /// How long no connection must have ended before memory is reclaimed.
@@ -40,40 +40,42 @@ const PROBES_PER_STORE: usize = 1000;
 pub struct Reclaimer {
     engine: Engine,
     probe: Module,
-    /// The server's admission places.
-    places: Arc<Semaphore>,
     /// Memory slots in the pool.
     memory_slots: usize,
-    /// When the last connection ended.
-    last_end: Mutex<Instant>,
+    /// When a connection last started or ended.
+    last_activity: Mutex<Instant>,
     /// A connection has ended since the last reclaim.
     pending: AtomicBool,
 }
 
 impl Reclaimer {
-    pub fn new(
-        engine: &Engine,
-        places: Arc<Semaphore>,
-        memory_slots: usize,
-    ) -> wasmtime::Result<Self> {
+    pub fn new(engine: &Engine, memory_slots: usize) -> wasmtime::Result<Self> {
         Ok(Self {
             engine: engine.clone(),
             probe: Module::new(engine, PROBE)?,
-            places,
             memory_slots,
-            last_end: Mutex::new(Instant::now()),
+            last_activity: Mutex::new(Instant::now()),
             pending: AtomicBool::new(false),
         })
     }
 
+    /// Records that a connection has started.
+    pub fn connection_started(&self) {
+        self.touch();
+    }
+
     /// Records that a connection has ended.
     pub fn connection_ended(&self) {
-        *self.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.touch();
         self.pending.store(true, Relaxed);
     }
 
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
     /// Starts reclaiming memory whenever the host has been quiet for
-    /// [`QUIET_PERIOD`] since a connection ended, for as long as this
+    /// [`QUIET_PERIOD`] after a connection ended, for as long as this
     /// reclaimer (and so its engine) is in use.
     pub fn spawn(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
@@ -83,7 +85,7 @@ impl Reclaimer {
                 ticks.tick().await;
                 let Some(this) = this.upgrade() else { return };
                 let quiet_for = this
-                    .last_end
+                    .last_activity
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .elapsed();
@@ -95,10 +97,6 @@ impl Reclaimer {
     }
 
     async fn reclaim(&self) {
-        let free = self.places.available_permits();
-        let Ok(held) = self.places.clone().try_acquire_many_owned(free as u32) else {
-            return;
-        };
         let (engine, probe) = (self.engine.clone(), self.probe.clone());
         let memory_slots = self.memory_slots;
         let reclaimed = tokio::task::spawn_blocking(move || {
@@ -108,13 +106,13 @@ impl Reclaimer {
             unsafe {
                 libc::malloc_trim(0);
             }
-            drop(held);
             flushed
         })
         .await;
         match reclaimed {
             Ok(Ok(probes)) => tracing::debug!(probes, "memory reclaimed"),
-            Ok(Err(error)) => tracing::warn!("cannot flush the instance pool: {error:#}"),
+            // A connection that arrived meanwhile took the last slot.
+            Ok(Err(error)) => tracing::debug!("instance pool partly flushed: {error:#}"),
             Err(error) => tracing::warn!("cannot reclaim memory: {error}"),
         }
     }

@@ -605,6 +605,7 @@ async fn serve_connection(
     let sandbox = &version.sandbox;
     let counters = &sandbox.counters;
     counters.connection_started();
+    version.reclaimer.connection_started();
     let socket = Socket::new(tcp);
     let info = ConnectionInfo {
         id,

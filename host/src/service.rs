@@ -102,7 +102,7 @@ impl Version {
                 let max_connections = ceiling.min(limits.max_connections).max(1);
                 let places = Arc::new(Semaphore::new(max_connections as usize));
                 let reclaimer = Arc::new(
-                    Reclaimer::new(&engine, places.clone(), sandbox::memory_slots(limits))
+                    Reclaimer::new(&engine, sandbox::memory_slots(limits))
                         .map_err(anyhow::Error::from)
                         .context("cannot set up memory reclaiming")?,
                 );
