@@ -26,14 +26,8 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
     // The pool is sized as the host's default: a small pool runs dry of
     // freed slots between decommit batches and measures the flushes.
     let limits = Limits {
-        max_connections: 1000,
         max_queued: 0,
-        memory_bytes: 64 << 20,
-        cpu_budget: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(300),
-        max_lifetime: None,
-        log_lines_per_second: 100,
-        drain_timeout: Duration::from_secs(30),
+        ..portico_host::config::default_limits()
     };
     let engine = sandbox::engine(&limits)?;
     let ticker = EpochTicker::start()?;

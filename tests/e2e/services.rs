@@ -50,21 +50,24 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn get(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent.get(url).call().expect("an HTTP response");
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap())
+    request(url, |agent, url| agent.get(url).call())
 }
 
 fn post(url: &str) -> (u16, String) {
+    request(url, |agent, url| agent.post(url).send_empty())
+}
+
+/// Sends a request with `send`, and returns the status and the body, errors
+/// statuses included.
+fn request(
+    url: &str,
+    send: impl FnOnce(&ureq::Agent, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut response = agent.post(url).send_empty().expect("an HTTP response");
+    let mut response = send(&agent, url).expect("an HTTP response");
     let status = response.status().as_u16();
     (status, response.body_mut().read_to_string().unwrap())
 }
