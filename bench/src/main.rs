@@ -118,7 +118,8 @@ fn main() -> Result<()> {
         }
     }
     let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
-    report(&portico, &native, &inproc, &args);
+    let startup = server::startup_times(&launch)?;
+    report(&portico, &native, &inproc, startup, &args);
     Ok(())
 }
 
@@ -205,7 +206,13 @@ fn median(figures: &[Figures], metric: fn(&Figures) -> f64) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiation, args: &Args) {
+fn report(
+    portico: &[Figures],
+    native: &[Figures],
+    inproc: &inproc::Instantiation,
+    (cold, warm): (Duration, Duration),
+    args: &Args,
+) {
     type Metric = (&'static str, fn(&Figures) -> f64, &'static str);
     let metrics: [Metric; 21] = [
         (
@@ -300,5 +307,14 @@ fn report(portico: &[Figures], native: &[Figures], inproc: &inproc::Instantiatio
     println!(
         "| empty connection served in-process, us | {:.1} | - | - | |",
         inproc.empty_run_us
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| start-up to `listening on`, compile cache empty, ms | {:.1} | - | - | |",
+        ms(cold)
+    );
+    println!(
+        "| start-up to `listening on`, compile cache warm, ms | {:.1} | - | - | <= 20 |",
+        ms(warm)
     );
 }

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -40,6 +41,44 @@ impl std::ops::Sub for CpuTime {
             system_s: self.system_s - earlier.system_s,
         }
     }
+}
+
+/// Start-up to `listening on`, for the host with its compile cache empty
+/// (it compiles the plugin), and warm (it loads the compiled plugin):
+/// the cold figure once, the warm one the median of five starts.
+pub fn startup_times(launch: &Launch) -> Result<(Duration, Duration)> {
+    let cache = std::env::temp_dir().join(format!("portico-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let cold = time_to_listen(launch, &cache)?;
+    let mut warm = (0..5)
+        .map(|_| time_to_listen(launch, &cache))
+        .collect::<Result<Vec<_>>>()?;
+    warm.sort();
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok((cold, warm[warm.len() / 2]))
+}
+
+fn time_to_listen(launch: &Launch, cache: &std::path::Path) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let mut child = Command::new(&launch.host)
+        .arg("--plugin")
+        .arg(&launch.plugin)
+        .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(cache)
+        .env("PORTICO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the host")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let took = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    if !line.starts_with("listening on ") {
+        bail!("the host printed {line:?}");
+    }
+    Ok(took)
 }
 
 /// A running server, killed when dropped.

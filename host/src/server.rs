@@ -404,10 +404,13 @@ fn one_line(error: &anyhow::Error) -> String {
         .join(" ")
 }
 
-/// Memory mappings one live connection adds (measured with the echo
-/// plugin by `portico-bench`: its memory's copy-on-write image splits the
-/// memory slot, and its fiber stack and tables add a few more).
-const MAPPINGS_PER_CONNECTION: u64 = 4;
+/// Memory mappings one connection costs: about 2 for its slot in the
+/// instance pool, which exists from the start, and 4 more while it is live
+/// (measured with the echo plugin by `portico-bench`: its memory's
+/// copy-on-write image splits the memory slot, and its fiber stack and
+/// tables add a few more). The capacity is worked out before the pools
+/// exist, so both count.
+const MAPPINGS_PER_CONNECTION: u64 = 6;
 /// Mappings and files kept free for everything else the process does.
 const HEADROOM: u64 = 1024;
 

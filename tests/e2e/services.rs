@@ -497,10 +497,14 @@ fn compiled_plugins_are_cached_and_damage_is_survived() {
     let cache = scratch.0.join("cache");
     let dir = cache.display().to_string();
     let start = || Host::start("echo", &["--cache-dir", &dir]);
+    // The compiled code of each entry (a checksum file stands beside it).
     let entries = || -> Vec<PathBuf> {
-        std::fs::read_dir(&cache)
-            .map(|dir| dir.map(|entry| entry.unwrap().path()).collect())
-            .unwrap_or_default()
+        let Ok(dir) = std::fs::read_dir(&cache) else {
+            return Vec::new();
+        };
+        dir.map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+            .collect()
     };
 
     let host = start();

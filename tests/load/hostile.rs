@@ -11,8 +11,10 @@ const LOAD_CONNECTIONS: usize = 8;
 const QUIET: Duration = Duration::from_secs(3);
 /// A p99 under hostile load may be this much over twice the quiet p99: on a
 /// 2-core machine where the load generator shares the cores with the host,
-/// a sub-millisecond quiet p99 doubled is below scheduler noise.
-const P99_SLACK: Duration = Duration::from_millis(2);
+/// a sub-millisecond quiet p99 doubled is below scheduler noise (a 2 ms
+/// slack once failed a harmless `sleep` at 3.3 ms while the machine was
+/// busy elsewhere). Still half the suite's 10 ms bound.
+const P99_SLACK: Duration = Duration::from_millis(4);
 
 /// One hostile plugin behaviour: the command that triggers it, what the
 /// client does meanwhile, and the log line parts that name the cause.
@@ -193,7 +195,9 @@ fn hostile_plugins_under_load() {
     host.wait_for_log(&["memory limit reached"]);
     host.wait_for_log(&["plugin log lines dropped"]);
 
-    std::thread::sleep(Duration::from_secs(1));
+    // Freed memory goes back once no connection has started or ended for
+    // two seconds (and the reclaimer has looked, every half second).
+    std::thread::sleep(Duration::from_secs(3));
     let rss_after = host.rss_kib();
     println!("host RSS: {rss_before} KiB before the suite, {rss_after} KiB after");
     assert!(
