@@ -333,12 +333,25 @@ impl Sandbox {
     /// needs more instances, memories or tables than the pool gives each
     /// connection, or its start-up code fails, spins or waits) is refused
     /// at start, with one line saying why.
+    ///
+    /// On a reload, the new version may share its pool with the running
+    /// one: if every slot is taken, the check waits for one to be freed.
     pub async fn check(&self) -> Result<()> {
-        let mut store = self.new_store(0);
         let budget = self.limits.cpu_budget;
-        let instantiate = CpuMeter::new(self.plugin.pre.instantiate_async(&mut store), budget);
+        let instantiate = async {
+            loop {
+                let mut store = self.new_store(0);
+                match self.plugin.pre.instantiate_async(&mut store).await {
+                    Err(error) if is_pool_full(&error) => {
+                        tokio::time::sleep(POOL_RETRY_PAUSE).await;
+                    }
+                    instantiated => return instantiated.map(drop),
+                }
+            }
+        };
+        let instantiate = CpuMeter::new(instantiate, budget);
         match tokio::time::timeout(CHECK_DEADLINE, instantiate).await {
-            Ok(Some(instantiated)) => instantiated.map(drop).map_err(|error| {
+            Ok(Some(instantiated)) => instantiated.map_err(|error| {
                 let cause = Untrusted(&error.root_cause().to_string()).to_string();
                 wasmtime::format_err!("{cause}")
             }),

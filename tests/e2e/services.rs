@@ -546,3 +546,33 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(host.log().contains("\"service\":\"misbehave\""));
 }
+
+/// A reload while every place of a service is taken: the new version shares
+/// the pool, so its start-up check waits for a slot instead of failing.
+#[test]
+fn a_reload_at_full_capacity_waits_for_a_slot() {
+    let scratch = Scratch::new("reload-full");
+    let config = |banner: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[services.full]\nplugin = \"{{misbehave}}\"\n\
+             listen = [\"127.0.0.1:0\"]\nmax-connections = 2\n[services.full.settings]\nbanner = \"{banner}\"\n"
+        )
+    };
+    let path = scratch.config(&config("one"));
+    let host = Host::start_config(&path, &[], 1, true);
+    let mut held: Vec<_> = (0..2).map(|_| echo_connection(&host)).collect();
+    scratch.config(&config("two"));
+    let url = host.admin_url("/reload");
+    let reload = thread::spawn(move || post(&url));
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !reload.is_finished(),
+        "the check waits while the pool is full"
+    );
+    drop(held.pop());
+    let (status, body) = reload.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut conn = host.connect();
+    conn.write_all(b"config banner\n").unwrap();
+    assert_eq!(read_line(&mut conn), "two\n");
+}
