@@ -3,10 +3,9 @@
 //!
 //! An entry is named after the plugin file's SHA-256 and the engine's
 //! compatibility hash, so a changed plugin, a different wasmtime or
-//! different engine settings never find a stale entry. It is two files:
-//! `KEY.cwasm`, the bytes `Engine::precompile_component` produced, which
-//! wasmtime maps rather than copies (a Python plugin's is 35 MB); and
-//! `KEY.sum`, a magic line and their SHA-256. An entry that is missing,
+//! different engine settings never find a stale entry. It holds a header
+//! (a magic string and the SHA-256 of the rest) and the bytes
+//! `Engine::precompile_component` produced. An entry that is missing,
 //! truncated, corrupted, foreign or refused by wasmtime is ignored and
 //! written anew; the cache never makes a start fail.
 
@@ -17,8 +16,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// What every checksum file starts with.
-const MAGIC: &str = "portico-compiled-plugin-v2 sha256:";
+/// What every entry starts with.
+const MAGIC: &[u8] = b"portico-compiled-plugin-v1\n";
 
 /// A cache folder.
 pub struct Cache {
@@ -41,7 +40,6 @@ impl Cache {
         }
     }
 
-    /// The entry's compiled-code file; its checksum file is beside it.
     fn entry(&self, engine: &Engine, digest: &str) -> PathBuf {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -53,21 +51,17 @@ impl Cache {
     /// this host cached it before and the entry is intact.
     pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
         let path = self.entry(engine, digest);
-        let sum = std::fs::read_to_string(path.with_extension("sum")).ok()?;
-        let compiled = std::fs::read(&path).ok()?;
-        if sum.strip_prefix(MAGIC)? != hex(&Sha256::digest(&compiled)) {
-            return None;
-        }
-        drop(compiled);
-        // SAFETY: `Component::deserialize_file` trusts the file to be what
+        let bytes = std::fs::read(&path).ok()?;
+        let compiled = intact(&bytes)?;
+        // SAFETY: `Component::deserialize` trusts its input to be what
         // `Engine::precompile_component` wrote, since it maps it as code.
-        // This one is: this host wrote it to its own cache folder, and its
-        // SHA-256 still matches the checksum written beside it, so it is
-        // neither truncated nor corrupted. wasmtime checks it came from the
-        // same wasmtime version and engine settings, and refuses it
-        // otherwise. (Someone able to write this folder could forge an
-        // entry; the folder deserves the protection of the host binary.)
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        // These bytes are: this host wrote them to its own cache folder,
+        // and the SHA-256 in the header still matches, so they are neither
+        // truncated nor corrupted. wasmtime checks they came from the same
+        // wasmtime version and engine settings, and refuses them otherwise.
+        // (Someone able to write this folder could forge an entry; the
+        // folder deserves the same protection as the host binary itself.)
+        match unsafe { Component::deserialize(engine, compiled) } {
             Ok(component) => Some(component),
             Err(error) => {
                 tracing::warn!(entry = %path.display(), "compile cache entry refused, compiling again: {error}");
@@ -93,21 +87,44 @@ impl Cache {
         unsafe { Component::deserialize(engine, &compiled) }
     }
 
-    /// Writes the entry: the code, then its checksum, each aside and
-    /// renamed into place, so that a reader never sees half of either, and
-    /// a checksum never stands beside code it was not computed from.
     fn store(&self, engine: &Engine, digest: &str, compiled: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.entry(engine, digest);
-        let sum = format!("{MAGIC}{}", hex(&Sha256::digest(compiled)));
-        let _ = std::fs::remove_file(path.with_extension("sum"));
-        write_aside(&path, compiled)?;
-        write_aside(&path.with_extension("sum"), sum.as_bytes())
+        // Written aside and renamed into place, so that a reader never sees
+        // half an entry.
+        let partial = path.with_extension(format!("partial-{}", std::process::id()));
+        let mut entry = Vec::with_capacity(MAGIC.len() + 32 + compiled.len());
+        entry.extend_from_slice(MAGIC);
+        entry.extend_from_slice(&Sha256::digest(compiled));
+        entry.extend_from_slice(compiled);
+        std::fs::write(&partial, &entry)?;
+        std::fs::rename(&partial, &path)
     }
 }
 
-fn write_aside(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let partial = path.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(&partial, path)
+/// The compiled bytes of an entry, if its header is right and its
+/// checksum matches.
+fn intact(entry: &[u8]) -> Option<&[u8]> {
+    let rest = entry.strip_prefix(MAGIC)?;
+    let (checksum, compiled) = rest.split_at_checked(32)?;
+    (Sha256::digest(compiled).as_slice() == checksum).then_some(compiled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_entry_is_not_intact() {
+        let compiled = b"compiled code";
+        let mut entry = MAGIC.to_vec();
+        entry.extend_from_slice(&Sha256::digest(compiled));
+        entry.extend_from_slice(compiled);
+        assert_eq!(intact(&entry), Some(&compiled[..]));
+        assert_eq!(intact(&entry[..entry.len() - 1]), None);
+        let last = entry.len() - 1;
+        entry[last] ^= 1;
+        assert_eq!(intact(&entry), None);
+        assert_eq!(intact(b"something else"), None);
+    }
 }
