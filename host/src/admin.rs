@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ const BUCKETS: &[f64] = &[
     100.0, 300.0, 1000.0, 3600.0,
 ];
 
+/// Whether the exporter is installed: without it, recording would only
+/// build labels to throw away, once per connection.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
 /// Installs the Prometheus exporter as the process's metrics recorder.
 /// Call it once, before anything is recorded.
 pub fn install() -> Result<PrometheusHandle> {
@@ -43,6 +48,7 @@ pub fn install() -> Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     describe();
+    INSTALLED.store(true, Relaxed);
     Ok(handle)
 }
 
@@ -193,6 +199,9 @@ fn record_counts(service: &str, counters: &Counters) {
 /// Records a connection's end: how long it lasted and, if its plugin was
 /// instantiated, how long that took.
 pub fn connection_ended(service: &str, lasted: Duration, instantiation: Option<Duration>) {
+    if !INSTALLED.load(Relaxed) {
+        return;
+    }
     histogram!("portico_connection_duration_seconds", "service" => service.to_string())
         .record(lasted.as_secs_f64());
     if let Some(instantiation) = instantiation {
@@ -204,6 +213,9 @@ pub fn connection_ended(service: &str, lasted: Duration, instantiation: Option<D
 /// Records which plugin version a service now serves, and that `replaced`
 /// (if any) no longer is.
 pub fn plugin_in_force(service: &str, digest: &str, replaced: Option<&str>) {
+    if !INSTALLED.load(Relaxed) {
+        return;
+    }
     if let Some(replaced) = replaced.filter(|replaced| *replaced != digest) {
         gauge!("portico_plugin_info", "service" => service.to_string(), "digest" => replaced.to_string())
             .set(0.0);
