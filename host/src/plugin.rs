@@ -10,13 +10,13 @@ use std::sync::Arc;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, Resource, WasmList};
 use wasmtime::error::Context;
-use wasmtime::{Engine, Result, bail};
+use wasmtime::{Engine, Result, bail, format_err};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_io::bindings::wasi::io::poll;
 
 use crate::bindings::HandlerPre;
-use crate::cache::Cache;
+use crate::cache::{Cache, Key};
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -58,19 +58,25 @@ impl Plugin {
                  build it for the wasm32-wasip2 target"
             );
         }
-        let digest = crate::cache::digest(&bytes);
-        let mut from_cache = false;
-        let component = match cache {
-            Some(cache) => match cache.load(engine, &digest) {
-                Some(component) => {
-                    from_cache = true;
-                    Ok(component)
+        // The SHA-256 is for operators only (logs, metrics); the cache is
+        // keyed by a faster hash, so it is computed beside the loading.
+        let (digest, loaded) = std::thread::scope(|scope| {
+            let digest = scope.spawn(|| crate::cache::digest(&bytes));
+            let loaded = match cache {
+                Some(cache) => {
+                    let key = Key::of(engine, &bytes);
+                    match cache.load(engine, &key) {
+                        Some(component) => Ok((component, true)),
+                        None => cache.compile(engine, &bytes, &key).map(|c| (c, false)),
+                    }
                 }
-                None => cache.compile(engine, &bytes, &digest),
-            },
-            None => Component::new(engine, &bytes),
-        }
-        .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
+                None => Component::new(engine, &bytes).map(|c| (c, false)),
+            };
+            (digest.join(), loaded)
+        });
+        let digest = digest.map_err(|_| format_err!("hashing plugin {name} failed"))?;
+        let (component, from_cache) = loaded
+            .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
         check_exports_run(engine, &component).with_context(|| format!("plugin {name}"))?;
 
         let mut linker = Linker::new(engine);

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sha2::Digest;
+
 use crate::util::{
     Host, TIMEOUT, assert_closed, echo_connection, echoes, host_command, plugin, read_line,
 };
@@ -328,7 +330,14 @@ fn metrics_and_health_across_traffic_and_a_drain() {
         ) >= 3.0
     );
     assert!(metric(&metrics, &series("portico_instantiation_seconds_count", "")) >= 3.0);
-    assert!(metrics.contains("portico_plugin_info{service=\"misbehave\",digest=\""));
+    // The digest is the one `sha256sum` prints for the file.
+    let file = std::fs::read(plugin("misbehave")).unwrap();
+    let sha256: String = sha2::Sha256::digest(&file)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let info = format!(r#",digest="{sha256}""#);
+    assert_eq!(metric(&metrics, &series("portico_plugin_info", &info)), 1.0);
     promtool_accepts(&metrics);
 
     let live = echo_connection(&host);
