@@ -39,6 +39,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         limits,
         counters: Arc::new(Counters::default()),
         stop: CancellationToken::new(),
+        outbound: None,
     };
 
     for _ in 0..iterations / 10 {

@@ -74,6 +74,10 @@ impl<'a> Connection<'a> {
         self.input.timeout = timeout;
     }
 
+    pub(crate) fn input(&self) -> &Input<'a> {
+        &self.input
+    }
+
     /// The reading and the writing half, to use both at once (as
     /// `io::copy(input, output)` does).
     pub fn split(&mut self) -> (&mut Input<'a>, &mut Output<'a>) {
@@ -126,15 +130,45 @@ impl Read for Input<'_> {
         if let Some(timeout) = self.timeout {
             self.wait(timeout)?;
         }
-        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-        match self.stream.blocking_read(len) {
-            Ok(bytes) => {
-                buf[..bytes.len()].copy_from_slice(&bytes);
-                Ok(bytes.len())
-            }
-            Err(StreamError::Closed) => Ok(0),
-            Err(error) => Err(io_error(error)),
+        read_stream(self.stream, buf)
+    }
+}
+
+impl Input<'_> {
+    /// Reads what the client has sent without waiting: `Ok(0)` at its end,
+    /// an error of kind `WouldBlock` if nothing is there yet. For use after
+    /// [`wait_readable`](crate::net::wait_readable), which may wake early.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        try_read_stream(self.stream, buf)
+    }
+}
+
+/// Reads what `stream` has without waiting; `Ok(0)` at its end.
+pub(crate) fn try_read_stream(stream: &InputStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+    match stream.read(len) {
+        Ok(bytes) if bytes.is_empty() && !buf.is_empty() => {
+            Err(io::Error::from(io::ErrorKind::WouldBlock))
         }
+        Ok(bytes) => {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        }
+        Err(StreamError::Closed) => Ok(0),
+        Err(error) => Err(io_error(error)),
+    }
+}
+
+/// Reads what `stream` has, waiting for at least a byte; `Ok(0)` at its end.
+pub(crate) fn read_stream(stream: &InputStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+    match stream.blocking_read(len) {
+        Ok(bytes) => {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            Ok(bytes.len())
+        }
+        Err(StreamError::Closed) => Ok(0),
+        Err(error) => Err(io_error(error)),
     }
 }
 
@@ -149,18 +183,7 @@ impl Output<'_> {
 
 impl Write for Output<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let permit = loop {
-            match self.stream.check_write().map_err(io_error)? {
-                0 => self.stream.subscribe().block(),
-                permit => break permit,
-            }
-        };
-        let len = buf.len().min(usize::try_from(permit).unwrap_or(usize::MAX));
-        self.stream.write(&buf[..len]).map_err(io_error)?;
-        Ok(len)
+        write_stream(self.stream, buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -168,7 +191,24 @@ impl Write for Output<'_> {
     }
 }
 
-fn io_error(error: StreamError) -> io::Error {
+/// Writes as much of `buf` as `stream` takes now, waiting until it takes
+/// at least a byte.
+pub(crate) fn write_stream(stream: &OutputStream, buf: &[u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let permit = loop {
+        match stream.check_write().map_err(io_error)? {
+            0 => stream.subscribe().block(),
+            permit => break permit,
+        }
+    };
+    let len = buf.len().min(usize::try_from(permit).unwrap_or(usize::MAX));
+    stream.write(&buf[..len]).map_err(io_error)?;
+    Ok(len)
+}
+
+pub(crate) fn io_error(error: StreamError) -> io::Error {
     match error {
         StreamError::Closed => io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"),
         StreamError::LastOperationFailed(error) => io::Error::other(error.to_debug_string()),

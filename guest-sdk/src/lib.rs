@@ -49,9 +49,12 @@
 //!
 //! Read and write its connection, read the clock, get random numbers, print
 //! to stdout and stderr (each line lands in the host's log, tagged with the
-//! connection id) and read its settings with [`config::get`]. Files, sockets,
-//! name lookups, environment variables and arguments are not granted: the
-//! standard library calls for them fail with an error.
+//! connection id) and read its settings with [`config::get`]. Where the
+//! operator granted it, connect to other servers with [`net::TcpStream`], and
+//! serve the client and those servers at once with [`net::wait_readable`].
+//! Files, environment variables, arguments, and sockets or name lookups
+//! beyond the grant are not available: the calls for them fail with an
+//! error.
 //!
 //! Returning an error from [`Handler::run`] closes the connection and logs
 //! the error's message on the host; so does a panic. An `io::Error` of kind
@@ -61,6 +64,7 @@
 
 pub mod config;
 mod connection;
+pub mod net;
 
 pub use connection::{Connection, Input, Output};
 

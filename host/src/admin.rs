@@ -101,6 +101,10 @@ fn describe() {
         "portico_memory_limit_hits_total",
         "Connections whose plugin was refused memory at the limit."
     );
+    describe_counter!(
+        "portico_outbound_denied_total",
+        "Outbound sockets, connects and name lookups refused by the service's grant or limits."
+    );
     describe_gauge!(
         "portico_plugin_info",
         "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
@@ -194,6 +198,8 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.log_lines_dropped));
     counter!("portico_memory_limit_hits_total", "service" => label())
         .absolute(get(&counters.memory_limit_hits));
+    counter!("portico_outbound_denied_total", "service" => label())
+        .absolute(get(&counters.outbound_denied));
 }
 
 /// Records a connection's end: how long it lasted and, if its plugin was

@@ -46,7 +46,11 @@ impl Key {
     pub fn of(engine: &Engine, wasm: &[u8]) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Self(format!("{}-{:016x}", blake3::hash(wasm).to_hex(), hasher.finish()))
+        Self(format!(
+            "{}-{:016x}",
+            blake3::hash(wasm).to_hex(),
+            hasher.finish()
+        ))
     }
 }
 

@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 
 use crate::config::{self, Config, LogFormat, PeerFilter};
+use crate::outbound::Rule;
 use crate::sandbox::Limits;
 use crate::server::Source;
 
@@ -132,6 +133,31 @@ pub struct Args {
         conflicts_with = "config_file"
     )]
     pub log_lines_per_second: u32,
+
+    /// Let the plugin connect to HOST:PORT, where HOST is an IP address
+    /// ([IPv6]), a CIDR network, a name or *.domain. Repeat for more. Nothing
+    /// is reachable unless granted. In a config file, `grants.outbound`.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "config_file")]
+    pub allow_outbound: Vec<Rule>,
+
+    /// Outbound sockets one connection's plugin may open over its life.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        conflicts_with = "config_file"
+    )]
+    pub max_outbound_sockets: u32,
+
+    /// Outbound sockets the service's connections may hold at once (each
+    /// held until its connection ends).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        conflicts_with = "config_file"
+    )]
+    pub max_outbound_sockets_per_service: u32,
 }
 
 impl Args {
@@ -169,6 +195,7 @@ impl Args {
                 limits,
                 settings: self.config.iter().cloned().collect(),
                 peers: PeerFilter::default(),
+                outbound: self.allow_outbound.clone(),
             }],
         };
         Ok((config, Source::Flags))
@@ -200,6 +227,8 @@ impl Args {
             max_lifetime: self.max_lifetime,
             log_lines_per_second: self.log_lines_per_second,
             drain_timeout: self.drain_timeout,
+            max_outbound_sockets: self.max_outbound_sockets,
+            max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
         })
     }
 }

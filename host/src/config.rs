@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::outbound::Rule;
 use crate::sandbox::Limits;
 
 /// Largest `max-memory`, in MiB: a wasm32 memory cannot be larger.
@@ -50,6 +51,8 @@ pub struct Service {
     /// What the plugin reads through `wasi:config/store`.
     pub settings: BTreeMap<String, String>,
     pub peers: PeerFilter,
+    /// Where the plugin may connect to.
+    pub outbound: Vec<Rule>,
 }
 
 /// How log lines are written: text for people, JSON for log shippers.
@@ -100,6 +103,8 @@ pub fn default_limits() -> Limits {
         max_lifetime: None,
         log_lines_per_second: 100,
         drain_timeout: Duration::from_secs(30),
+        max_outbound_sockets: 8,
+        max_outbound_sockets_per_service: 1024,
     }
 }
 
@@ -145,6 +150,8 @@ macro_rules! with_limit_keys {
             idle_timeout: Option<Spanned<String>>,
             max_lifetime: Option<Spanned<String>>,
             log_lines_per_second: Option<Spanned<i64>>,
+            max_outbound_sockets: Option<Spanned<i64>>,
+            max_outbound_sockets_per_service: Option<Spanned<i64>>,
         }
 
         impl $name {
@@ -157,6 +164,10 @@ macro_rules! with_limit_keys {
                     idle_timeout: self.idle_timeout.as_ref(),
                     max_lifetime: self.max_lifetime.as_ref(),
                     log_lines_per_second: self.log_lines_per_second.as_ref(),
+                    max_outbound_sockets: self.max_outbound_sockets.as_ref(),
+                    max_outbound_sockets_per_service: self
+                        .max_outbound_sockets_per_service
+                        .as_ref(),
                 }
             }
         }
@@ -169,7 +180,15 @@ with_limit_keys!(ServiceTable {
     listen: Spanned<Vec<Spanned<String>>>,
     settings: Option<BTreeMap<String, String>>,
     peers: Option<PeersTable>,
+    grants: Option<GrantsTable>,
 });
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct GrantsTable {
+    #[serde(default)]
+    outbound: Vec<Spanned<String>>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -189,6 +208,8 @@ struct LimitKeys<'a> {
     idle_timeout: Option<&'a Spanned<String>>,
     max_lifetime: Option<&'a Spanned<String>>,
     log_lines_per_second: Option<&'a Spanned<i64>>,
+    max_outbound_sockets: Option<&'a Spanned<i64>>,
+    max_outbound_sockets_per_service: Option<&'a Spanned<i64>>,
 }
 
 /// Turns spans of the file into `PATH:LINE: KEY: PROBLEM` errors.
@@ -321,6 +342,18 @@ impl Source<'_> {
                 },
                 None => PeerFilter::default(),
             };
+            let outbound = match &table.grants {
+                Some(grants) => grants
+                    .outbound
+                    .iter()
+                    .map(|rule| {
+                        rule.get_ref().parse().map_err(|problem| {
+                            self.error(rule.span(), &key("grants.outbound"), problem)
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                None => Vec::new(),
+            };
             services.push(Service {
                 name: name.clone(),
                 plugin: folder.join(table.plugin.get_ref()),
@@ -328,6 +361,7 @@ impl Source<'_> {
                 limits,
                 settings: table.settings.clone().unwrap_or_default(),
                 peers,
+                outbound,
             });
         }
         Ok(Config {
@@ -365,6 +399,13 @@ impl Source<'_> {
         if let Some(n) = keys.log_lines_per_second {
             base.log_lines_per_second =
                 self.count(n, &key("log-lines-per-second"), 0..=u32::MAX)?;
+        }
+        if let Some(n) = keys.max_outbound_sockets {
+            base.max_outbound_sockets = self.count(n, &key("max-outbound-sockets"), 0..=1000)?;
+        }
+        if let Some(n) = keys.max_outbound_sockets_per_service {
+            base.max_outbound_sockets_per_service =
+                self.count(n, &key("max-outbound-sockets-per-service"), 0..=1_000_000)?;
         }
         Ok(base)
     }

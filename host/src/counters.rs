@@ -59,6 +59,8 @@ counters! {
     drain_stops,
     /// Plugin log lines dropped for exceeding the rate limit.
     log_lines_dropped,
+    /// Outbound sockets, connects and name lookups refused.
+    outbound_denied,
     /// Bytes received from clients, counted as connections close.
     bytes_in,
     /// Bytes sent to clients, counted as connections close.

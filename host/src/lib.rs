@@ -16,6 +16,8 @@
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called under the limits.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
+//! - [`outbound`]: where a plugin may connect (`grants.outbound`), and how
+//!   many sockets it may hold.
 //! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
 //! - [`untrusted`]: plugin-controlled text, escaped and bounded for the log.
 //! - [`reclaim`]: memory freed by closed connections, given back once
@@ -32,6 +34,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod outbound;
 pub mod plugin;
 pub mod reclaim;
 pub mod sandbox;

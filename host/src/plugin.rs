@@ -7,11 +7,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::net::IpAddr;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, Resource, WasmList};
 use wasmtime::error::Context;
 use wasmtime::{Engine, Result, bail, format_err};
-use wasmtime_wasi::p2::DynPollable;
+
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress,
+};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::{DynPollable, Network, SocketError, TcpSocket};
+use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_io::bindings::wasi::io::poll;
 
@@ -82,6 +90,7 @@ impl Plugin {
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bound_poll(&mut linker)?;
+        guard_sockets(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;
@@ -133,6 +142,107 @@ fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(false);
     Ok(())
 }
+
+/// Puts the host's checks in front of wasmtime-wasi's TCP sockets and name
+/// lookups ([`crate::outbound`] decides): creating a socket counts against
+/// the limits, a lookup needs a rule that names the name, and bind and
+/// listen are refused outright, since a plugin serves the connection the
+/// host accepted and accepts none of its own. (Connects are checked by
+/// wasmtime-wasi itself, through the store's socket address check.)
+fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(TCP_CREATE_SOCKET_INTERFACE)?.func_wrap(
+        "create-tcp-socket",
+        |mut store, (family,): (IpAddressFamily,)| {
+            let state = store.data_mut();
+            if !state.outbound.open_socket() {
+                let code = match state.outbound.granted() {
+                    Some(_) => ErrorCode::NewSocketLimit,
+                    None => ErrorCode::AccessDenied,
+                };
+                return Ok((Err(code),));
+            }
+            let created = tcp_create_socket::Host::create_tcp_socket(&mut state.sockets(), family);
+            Ok((error_code(created)?,))
+        },
+    )?;
+    let mut tcp = linker.instance(TCP_INTERFACE)?;
+    tcp.func_wrap(
+        "[method]tcp-socket.start-bind",
+        |store, _: (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
+            store.data().outbound.refuse("bind");
+            Ok((Err::<(), _>(ErrorCode::AccessDenied),))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.start-listen",
+        |store, _: (Resource<TcpSocket>,)| {
+            store.data().outbound.refuse("listen");
+            Ok((Err::<(), _>(ErrorCode::AccessDenied),))
+        },
+    )?;
+    let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;
+    lookup.func_wrap(
+        "resolve-addresses",
+        |mut store, (network, name): (Resource<Network>, String)| {
+            let state = store.data_mut();
+            let outbound = state.outbound.clone();
+            if !outbound.lookup(&name) {
+                return Ok((Err(ErrorCode::AccessDenied),));
+            }
+            let stream = ip_name_lookup::Host::resolve_addresses(
+                &mut state.sockets(),
+                network,
+                name.clone(),
+            );
+            let stream = error_code(stream)?;
+            if let Ok(stream) = &stream {
+                outbound.lookup_started(stream.rep(), &name);
+            }
+            Ok((stream,))
+        },
+    )?;
+    lookup.func_wrap(
+        "[method]resolve-address-stream.resolve-next-address",
+        |mut store, (stream,): (Resource<ResolveAddressStream>,)| {
+            let state = store.data_mut();
+            let outbound = state.outbound.clone();
+            let rep = stream.rep();
+            let next = ip_name_lookup::HostResolveAddressStream::resolve_next_address(
+                &mut state.sockets(),
+                stream,
+            );
+            let next = error_code(next)?;
+            if let Ok(Some(address)) = &next {
+                outbound.resolved(rep, ip_addr(address));
+            }
+            Ok((next,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A `wasi:sockets` result as the plugin sees it; a trap stays a trap.
+fn error_code<T>(result: Result<T, SocketError>) -> Result<Result<T, ErrorCode>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => Ok(Err(error.downcast()?)),
+    }
+}
+
+fn ip_addr(address: &IpAddress) -> IpAddr {
+    match *address {
+        IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
+    }
+}
+
+/// The `wasi:sockets` interfaces the host implements, as wasmtime-wasi
+/// names them; plugins importing an earlier 0.2 version link to them too.
+const TCP_CREATE_SOCKET_INTERFACE: &str = "wasi:sockets/tcp-create-socket@0.2.12";
+const TCP_INTERFACE: &str = "wasi:sockets/tcp@0.2.12";
+const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
 /// The `wasi:io/poll` version the host implements; plugins importing an
 /// earlier 0.2 version are linked to it too.

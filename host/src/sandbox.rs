@@ -4,7 +4,8 @@
 //!
 //! What a plugin is granted is decided here, and it is deny-by-default:
 //! - no preopened directories, so no files;
-//! - TCP, UDP and name lookups disabled, so no sockets of its own;
+//! - no sockets of its own: UDP never, TCP connects and name lookups only
+//!   where the service's `grants.outbound` lists ([`crate::outbound`]);
 //! - no environment variables, no arguments, stdin closed;
 //! - stdout and stderr go to the host's log ([`crate::stdio`]);
 //! - settings only through `wasi:config/store`.
@@ -35,6 +36,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::bindings::{ConnectionInfo, Handler};
 use crate::counters::{Counters, count};
+use crate::outbound::{ConnOutbound, Policy};
 use crate::plugin::Plugin;
 use crate::socket::{Socket, SocketInput, SocketOutput};
 use crate::stdio::{PluginLog, Stream};
@@ -99,6 +101,10 @@ pub struct Limits {
     pub log_lines_per_second: u32,
     /// On shutdown, how long live connections may take to finish.
     pub drain_timeout: Duration,
+    /// Outbound sockets one connection may create over its life.
+    pub max_outbound_sockets: u32,
+    /// Outbound sockets the service's connections may hold at once.
+    pub max_outbound_sockets_per_service: u32,
 }
 
 /// Builds the engine shared by every connection: a pooling allocator sized
@@ -209,6 +215,7 @@ pub struct ConnState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) outbound: Arc<ConnOutbound>,
     memory: MemoryLimit,
 }
 
@@ -286,6 +293,8 @@ pub struct Sandbox {
     pub limits: Limits,
     pub counters: Arc<Counters>,
     pub stop: CancellationToken,
+    /// Where the plugin may connect; `None` when nowhere.
+    pub outbound: Option<Arc<Policy>>,
 }
 
 impl Sandbox {
@@ -296,12 +305,27 @@ impl Sandbox {
             self.limits.log_lines_per_second,
             self.counters.clone(),
         );
+        let outbound = Arc::new(ConnOutbound::new(
+            self.outbound.clone(),
+            self.service.clone(),
+            conn,
+            self.counters.clone(),
+        ));
+        let check = outbound.clone();
         let wasi = WasiCtx::builder()
             .stdout(log.stream(Stream::Stdout))
             .stderr(log.stream(Stream::Stderr))
-            .allow_tcp(false)
+            .allow_tcp(self.outbound.is_some())
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
+            .allow_ip_name_lookup(
+                self.outbound
+                    .as_ref()
+                    .is_some_and(|policy| policy.has_names()),
+            )
+            .socket_addr_check(move |addr, usage| {
+                let allowed = check.allows(addr, usage);
+                Box::pin(async move { allowed })
+            })
             .max_random_size(MAX_RANDOM_BYTES)
             .build();
         let mut table = ResourceTable::new();
@@ -310,6 +334,7 @@ impl Sandbox {
             wasi,
             table,
             config: self.plugin.config.clone(),
+            outbound,
             memory: MemoryLimit {
                 service: self.service.clone(),
                 conn,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::config;
 use crate::counters::Counters;
+use crate::outbound::Policy;
 use crate::plugin::Plugin;
 use crate::reclaim::Reclaimer;
 use crate::sandbox::{self, EpochTicker, Sandbox};
@@ -84,6 +85,13 @@ impl Version {
             limits: limits.clone(),
             counters,
             stop,
+            outbound: (!spec.outbound.is_empty()).then(|| {
+                Arc::new(Policy::new(
+                    spec.outbound.clone(),
+                    limits.max_outbound_sockets,
+                    limits.max_outbound_sockets_per_service,
+                ))
+            }),
         });
         sandbox
             .check()

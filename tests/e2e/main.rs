@@ -16,6 +16,8 @@ mod http;
 mod isolation;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
+/// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.
+mod outbound;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
 /// Several services from a config file, the admin endpoint, reload, the

@@ -14,10 +14,10 @@ use crate::util::{
 };
 
 /// A folder of its own for one test, removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         let dir =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -25,10 +25,11 @@ impl Scratch {
         Scratch(dir)
     }
 
-    /// Writes `text` as `portico.toml`, with `{echo}`, `{misbehave}` and
-    /// `{greeter}` standing for the plugins' paths; returns its path.
-    fn config(&self, text: &str) -> PathBuf {
-        let text = ["echo", "misbehave", "greeter"]
+    /// Writes `text` as `portico.toml`, with `{echo}`, `{misbehave}`,
+    /// `{greeter}` and `{tcp-proxy}` standing for the plugins' paths;
+    /// returns its path.
+    pub(crate) fn config(&self, text: &str) -> PathBuf {
+        let text = ["echo", "misbehave", "greeter", "tcp-proxy"]
             .iter()
             .fold(text.to_string(), |text, name| {
                 text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string())
@@ -51,7 +52,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     request(url, |agent, url| agent.get(url).call())
 }
 
@@ -76,7 +77,7 @@ fn request(
 
 /// The value of the metric line that starts with `series` (name and
 /// labels, as the exposition writes them).
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))

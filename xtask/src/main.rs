@@ -85,15 +85,21 @@ fn build_plugins() -> Result<PathBuf> {
 }
 
 /// Programs the tests run, and the Debian package each comes in.
-const TEST_PROGRAMS: &[(&str, &str)] = &[("promtool", "prometheus")];
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("redis-benchmark", "redis-tools"),
+];
 
 /// Installs, with apt-get, the packages of the test programs not on PATH.
 fn install_test_programs() -> Result<()> {
-    let missing: Vec<&str> = TEST_PROGRAMS
+    let mut missing: Vec<&str> = TEST_PROGRAMS
         .iter()
         .filter(|(program, _)| !on_path(program))
         .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

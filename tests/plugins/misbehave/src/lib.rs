@@ -85,6 +85,25 @@ impl Handler for Misbehave {
             )?,
             "connect" => report(output, std::net::TcpStream::connect(arg))?,
             "lookup" => report(output, std::net::ToSocketAddrs::to_socket_addrs(&(arg, 80)))?,
+            "scan" => {
+                let open = (1..=u16::try_from(number).unwrap_or(u16::MAX))
+                    .filter(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+                    .count();
+                writeln!(output, "connected to {open} of {number} ports")?;
+            }
+            "hoard" => {
+                let mut held = Vec::new();
+                let error = loop {
+                    match std::net::TcpStream::connect(arg) {
+                        Ok(stream) => held.push(stream),
+                        Err(error) => break error,
+                    }
+                };
+                writeln!(output, "held {}: {error}", held.len())?;
+            }
+            "connect-loop" => loop {
+                let _ = std::net::TcpStream::connect(arg);
+            },
             "env" => {
                 let vars: Vec<_> = std::env::vars().collect();
                 let args: Vec<_> = std::env::args().collect();

@@ -1,0 +1,507 @@
+//! Outbound TCP: where a service's plugin may connect, and how many
+//! sockets it may hold.
+//!
+//! Plugins reach the network through standard `wasi:sockets`, which
+//! wasmtime-wasi implements; this module decides what it allows. Nothing
+//! is allowed unless the operator listed it in the service's
+//! `grants.outbound`. wasmtime-wasi asks [`ConnOutbound::allows`] before
+//! every connect; the rest (socket creation, name lookups, bind and listen)
+//! is guarded by the host functions that [`crate::plugin`] puts in front of
+//! wasmtime-wasi's own.
+//!
+//! Names are resolved by the host, and only names a rule lists may be
+//! looked up: a plugin cannot use DNS to probe the network or smuggle data
+//! out. An address that a listed name resolved to is reachable on that
+//! rule's port, unless it is loopback, private or otherwise not public
+//! (a name whose DNS an attacker controls could point anywhere): such
+//! addresses must be listed by IP or CIDR.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+use crate::counters::{Counters, count};
+use crate::untrusted::Untrusted;
+
+/// Name lookups one connection may make; each may send DNS queries.
+const MAX_LOOKUPS: u32 = 16;
+
+/// Denials logged per connection: a plugin retrying in a loop is counted in
+/// full (`portico_outbound_denied_total`) but cannot flood the log.
+const MAX_LOGGED_DENIALS: u32 = 8;
+
+/// One entry of `grants.outbound`: a host (an address, a network, a name,
+/// or every name under a domain) and a port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    host: Target,
+    port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Target {
+    Network(IpNet),
+    Name(String),
+    /// `*.example.com`, kept as `.example.com`.
+    Under(String),
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Rule, String> {
+        let problem = || {
+            format!(
+                "{text:?} is not an outbound grant: write HOST:PORT, where HOST is an IP address \
+                 ([IPv6]), a CIDR network, a name or *.domain"
+            )
+        };
+        let (host, port) = text.rsplit_once(':').ok_or_else(problem)?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(problem)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|host| host.strip_suffix(']'))
+            .unwrap_or(host);
+        let target = if let Ok(net) = host.parse::<IpNet>() {
+            Target::Network(net)
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            Target::Network(IpNet::from(ip))
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            Target::Under(format!(".{}", domain_name(domain).ok_or_else(problem)?))
+        } else {
+            Target::Name(domain_name(host).ok_or_else(problem)?)
+        };
+        Ok(Rule { host: target, port })
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Target::Network(net) if net.prefix_len() == net.max_prefix_len() => match net.addr() {
+                IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+                IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+            },
+            Target::Network(net) => write!(f, "{net}:{}", self.port),
+            Target::Name(name) => write!(f, "{name}:{}", self.port),
+            Target::Under(suffix) => write!(f, "*{suffix}:{}", self.port),
+        }
+    }
+}
+
+/// A DNS name in the form lookups are compared in (lower case, no final
+/// dot), if `text` is one.
+fn domain_name(text: &str) -> Option<String> {
+    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    (name.len() <= 253 && name.split('.').all(label_ok)).then_some(name)
+}
+
+/// Whether `ip` is an address of the public internet: what a name may
+/// resolve to without the operator listing the address itself.
+fn is_public(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => {
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || ip.is_multicast()
+                // Shared address space (carrier-grade NAT), 100.64.0.0/10.
+                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64)
+                || ip.octets()[0] == 0
+                || ip.octets()[0] >= 240)
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_unique_local()
+                || ip.is_unicast_link_local())
+        }
+    }
+}
+
+/// A service's outbound grant and limits, shared by its connections.
+pub struct Policy {
+    rules: Vec<Rule>,
+    /// Sockets one connection may create over its life.
+    per_connection: u32,
+    /// Sockets the service's connections may hold at once, each held until
+    /// its connection ends.
+    service_sockets: Arc<Semaphore>,
+    per_service: u32,
+}
+
+impl Policy {
+    pub fn new(rules: Vec<Rule>, per_connection: u32, per_service: u32) -> Self {
+        Self {
+            rules,
+            per_connection,
+            service_sockets: Arc::new(Semaphore::new(per_service as usize)),
+            per_service,
+        }
+    }
+
+    fn allows_listed(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.rules.iter().any(|rule| {
+            rule.port == addr.port()
+                && matches!(&rule.host, Target::Network(net) if net.contains(&ip))
+        })
+    }
+
+    /// The ports the rules give a name, if any rule names it.
+    fn ports_of(&self, name: &str) -> BTreeSet<u16> {
+        let Some(name) = domain_name(name) else {
+            return BTreeSet::new();
+        };
+        self.rules
+            .iter()
+            .filter(|rule| match &rule.host {
+                Target::Name(listed) => *listed == name,
+                Target::Under(suffix) => name.ends_with(suffix.as_str()),
+                Target::Network(_) => false,
+            })
+            .map(|rule| rule.port)
+            .collect()
+    }
+
+    /// Whether any rule is a name, so that lookups are needed at all.
+    pub fn has_names(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| !matches!(rule.host, Target::Network(_)))
+    }
+}
+
+/// One connection's use of outbound TCP.
+pub struct ConnOutbound {
+    /// `None` when the service has no outbound grant.
+    policy: Option<Arc<Policy>>,
+    service: Arc<str>,
+    conn: u64,
+    counters: Arc<Counters>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Denials logged so far; the rest are only counted.
+    logged: u32,
+    sockets: u32,
+    permits: Option<OwnedSemaphorePermit>,
+    lookups: u32,
+    /// Ports each address resolved from a listed name may be reached on.
+    resolved: HashMap<IpAddr, BTreeSet<u16>>,
+    /// The ports of the name each open lookup is for, by resource id.
+    lookups_open: HashMap<u32, BTreeSet<u16>>,
+}
+
+/// Why an outbound operation was refused, for the log.
+enum Denied<'a> {
+    NotGranted,
+    Connect(SocketAddr),
+    Lookup(&'a str),
+    TooManyLookups,
+    SocketLimit(u32),
+    ServiceSocketLimit(u32),
+    Listen(&'static str),
+}
+
+impl ConnOutbound {
+    pub fn new(
+        policy: Option<Arc<Policy>>,
+        service: Arc<str>,
+        conn: u64,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            policy,
+            service,
+            conn,
+            counters,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn granted(&self) -> Option<&Policy> {
+        self.policy.as_deref()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent even if a holder panicked: every
+        // change is a single insert or increment.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn deny(&self, why: Denied<'_>) -> bool {
+        count(&self.counters.outbound_denied);
+        {
+            let mut state = self.state();
+            if state.logged >= MAX_LOGGED_DENIALS {
+                return false;
+            }
+            state.logged += 1;
+        }
+        let (service, conn) = (&*self.service, self.conn);
+        match why {
+            Denied::NotGranted => tracing::warn!(
+                service,
+                conn,
+                "outbound TCP denied: the service has no outbound grant"
+            ),
+            Denied::Connect(address) => tracing::warn!(
+                service,
+                conn,
+                %address,
+                "outbound connect denied: the address is not in the service's grant"
+            ),
+            Denied::Lookup(name) => tracing::warn!(
+                service,
+                conn,
+                name = %Untrusted(name),
+                "name lookup denied: the name is not in the service's grant"
+            ),
+            Denied::TooManyLookups => tracing::warn!(
+                service,
+                conn,
+                "name lookup denied: the connection made {MAX_LOOKUPS} already"
+            ),
+            Denied::SocketLimit(limit) => tracing::warn!(
+                service,
+                conn,
+                "outbound socket denied: the connection opened {limit} already"
+            ),
+            Denied::Listen(what) => tracing::warn!(
+                service,
+                conn,
+                "outbound {what} denied: plugins may not accept connections of their own"
+            ),
+            Denied::ServiceSocketLimit(limit) => tracing::warn!(
+                service,
+                conn,
+                "outbound socket denied: the service's connections hold {limit} already"
+            ),
+        }
+        false
+    }
+
+    /// Whether the plugin may create one more socket; if so, it is counted
+    /// against the connection's and the service's limits.
+    pub fn open_socket(&self) -> bool {
+        let Some(policy) = &self.policy else {
+            return self.deny(Denied::NotGranted);
+        };
+        let mut state = self.state();
+        if state.sockets >= policy.per_connection {
+            drop(state);
+            return self.deny(Denied::SocketLimit(policy.per_connection));
+        }
+        let Ok(permit) = policy.service_sockets.clone().try_acquire_owned() else {
+            drop(state);
+            return self.deny(Denied::ServiceSocketLimit(policy.per_service));
+        };
+        state.sockets += 1;
+        match &mut state.permits {
+            Some(held) => held.merge(permit),
+            None => state.permits = Some(permit),
+        }
+        true
+    }
+
+    /// Refuses an explicit `bind` or `listen`.
+    pub fn refuse(&self, what: &'static str) {
+        self.deny(Denied::Listen(what));
+    }
+
+    /// Whether the plugin may look `name` up.
+    pub fn lookup(&self, name: &str) -> bool {
+        let Some(policy) = &self.policy else {
+            return self.deny(Denied::NotGranted);
+        };
+        // An address written as a name resolves to itself without a query;
+        // the connect decides whether it may be reached.
+        if name.parse::<IpAddr>().is_ok() {
+            return true;
+        }
+        let ports = policy.ports_of(name);
+        if ports.is_empty() {
+            return self.deny(Denied::Lookup(name));
+        }
+        let mut state = self.state();
+        if state.lookups >= MAX_LOOKUPS {
+            drop(state);
+            return self.deny(Denied::TooManyLookups);
+        }
+        state.lookups += 1;
+        true
+    }
+
+    /// Notes that lookup stream `stream` is for `name`.
+    pub fn lookup_started(&self, stream: u32, name: &str) {
+        if let Some(policy) = &self.policy {
+            let ports = policy.ports_of(name);
+            self.state().lookups_open.insert(stream, ports);
+        }
+    }
+
+    /// Notes that lookup stream `stream` gave `ip`.
+    pub fn resolved(&self, stream: u32, ip: IpAddr) {
+        let mut state = self.state();
+        if let Some(ports) = state.lookups_open.get(&stream).cloned() {
+            state
+                .resolved
+                .entry(ip.to_canonical())
+                .or_default()
+                .extend(ports);
+        }
+    }
+
+    /// The check wasmtime-wasi makes before each socket operation.
+    pub fn allows(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+        let Some(policy) = &self.policy else {
+            return self.deny(Denied::NotGranted);
+        };
+        match usage {
+            SocketAddrUse::TcpConnect => {
+                let ip = addr.ip().to_canonical();
+                let resolved = || {
+                    is_public(ip)
+                        && self
+                            .state()
+                            .resolved
+                            .get(&ip)
+                            .is_some_and(|ports| ports.contains(&addr.port()))
+                };
+                policy.allows_listed(addr) || resolved() || self.deny(Denied::Connect(addr))
+            }
+            // Before an unbound socket connects, wasmtime-wasi checks the
+            // implicit bind to an ephemeral port; explicit binds never get
+            // here (see `crate::plugin`).
+            SocketAddrUse::TcpBind => {
+                addr.port() == 0
+                    && (addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                        || addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+            }
+            SocketAddrUse::TcpListen
+            | SocketAddrUse::TcpAccept
+            | SocketAddrUse::UdpBind
+            | SocketAddrUse::UdpSend
+            | SocketAddrUse::UdpReceive => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str]) -> Arc<Policy> {
+        let rules = rules.iter().map(|rule| rule.parse().unwrap()).collect();
+        Arc::new(Policy::new(rules, 2, 3))
+    }
+
+    fn conn(policy: &Arc<Policy>) -> ConnOutbound {
+        ConnOutbound::new(Some(policy.clone()), "test".into(), 1, Default::default())
+    }
+
+    fn connect(conn: &ConnOutbound, addr: &str) -> bool {
+        conn.allows(addr.parse().unwrap(), SocketAddrUse::TcpConnect)
+    }
+
+    #[test]
+    fn rules_parse_and_print_back() {
+        for text in [
+            "127.0.0.1:6379",
+            "[::1]:80",
+            "10.1.0.0/16:80",
+            "db.internal:5432",
+            "*.example.com:443",
+        ] {
+            assert_eq!(text.parse::<Rule>().unwrap().to_string(), text);
+        }
+        for bad in ["127.0.0.1", "x:0", "x:70000", "a b:1", "*.:1", ":80"] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_listed_addresses_and_ports_connect() {
+        let policy = policy(&["127.0.0.1:6379", "10.1.0.0/16:80", "[::1]:80"]);
+        let conn = conn(&policy);
+        assert!(connect(&conn, "127.0.0.1:6379"));
+        assert!(connect(&conn, "10.1.200.3:80"));
+        assert!(connect(&conn, "[::1]:80"));
+        assert!(connect(&conn, "[::ffff:127.0.0.1]:6379"));
+        assert!(!connect(&conn, "127.0.0.1:6380"));
+        assert!(!connect(&conn, "127.0.0.2:6379"));
+        assert!(!connect(&conn, "10.2.0.1:80"));
+        assert_eq!(conn.counters.outbound_denied.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn names_reach_their_public_addresses_on_their_ports() {
+        let policy = policy(&["*.example.com:443", "db.internal:5432"]);
+        let conn = conn(&policy);
+        assert!(conn.lookup("api.example.com"));
+        assert!(conn.lookup("DB.Internal."));
+        assert!(!conn.lookup("example.com"));
+        assert!(!conn.lookup("evil.com"));
+        conn.lookup_started(7, "api.example.com");
+        conn.resolved(7, "93.184.215.14".parse().unwrap());
+        conn.resolved(7, "127.0.0.1".parse().unwrap());
+        assert!(connect(&conn, "93.184.215.14:443"));
+        assert!(!connect(&conn, "93.184.215.14:80"));
+        // A name pointed at a private address does not open it.
+        assert!(!connect(&conn, "127.0.0.1:443"));
+        assert!(!connect(&conn, "93.184.215.15:443"));
+    }
+
+    #[test]
+    fn sockets_are_limited_per_connection_and_per_service() {
+        let policy = policy(&["127.0.0.1:1"]);
+        let (first, second) = (conn(&policy), conn(&policy));
+        assert!(first.open_socket());
+        assert!(first.open_socket());
+        assert!(!first.open_socket(), "two per connection");
+        assert!(second.open_socket());
+        assert!(!second.open_socket(), "three per service");
+        drop(first);
+        assert!(second.open_socket(), "a connection's end frees its sockets");
+    }
+
+    #[test]
+    fn binds_and_udp_are_refused() {
+        let policy = policy(&["127.0.0.1:1"]);
+        let conn = conn(&policy);
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert!(conn.allows(any, SocketAddrUse::TcpBind));
+        assert!(!conn.allows("0.0.0.0:8080".parse().unwrap(), SocketAddrUse::TcpBind));
+        assert!(!conn.allows("127.0.0.1:1".parse().unwrap(), SocketAddrUse::UdpSend));
+        let ungranted = ConnOutbound::new(None, "test".into(), 1, Default::default());
+        assert!(!ungranted.open_socket());
+    }
+
+    use std::sync::atomic::Ordering::Relaxed;
+}
