@@ -23,6 +23,8 @@ mod hostile;
 mod instantiation;
 /// Plugin text in the host's log: escaped and bounded.
 mod logs;
+/// Plugins granted outbound TCP, abusing it.
+mod outbound;
 /// The instance pool: bursts at the limit, memory given back.
 mod pool;
 /// Hostile plugins written in WAT.

@@ -100,6 +100,8 @@ impl Handler for Misbehave {
                     }
                 };
                 writeln!(output, "held {}: {error}", held.len())?;
+                // Keeps them until the client says otherwise.
+                input.read_line(&mut String::new())?;
             }
             "connect-loop" => loop {
                 let _ = std::net::TcpStream::connect(arg);
