@@ -519,6 +519,7 @@ mod tests {
         let greeter = &config.services[1];
         assert_eq!(greeter.settings["banner"], "welcome");
         assert!(!greeter.peers.admits("127.0.0.66".parse().unwrap()));
+        assert_eq!(greeter.outbound.len(), 3);
     }
 
     #[test]
