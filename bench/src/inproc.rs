@@ -40,6 +40,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         counters: Arc::new(Counters::default()),
         stop: CancellationToken::new(),
         outbound: None,
+        buckets: Default::default(),
     };
 
     for _ in 0..iterations / 10 {

@@ -51,7 +51,8 @@
 //! to stdout and stderr (each line lands in the host's log, tagged with the
 //! connection id) and read its settings with [`config::get`]. Where the
 //! operator granted it, connect to other servers with [`net::TcpStream`], and
-//! serve the client and those servers at once with [`net::wait_readable`].
+//! serve the client and those servers at once with [`net::wait_readable`];
+//! keep state beyond one connection in a [`keyvalue::Bucket`].
 //! Files, environment variables, arguments, and sockets or name lookups
 //! beyond the grant are not available: the calls for them fail with an
 //! error.
@@ -64,6 +65,7 @@
 
 pub mod config;
 mod connection;
+pub mod keyvalue;
 pub mod net;
 
 pub use connection::{Connection, Input, Output};

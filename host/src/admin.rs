@@ -105,6 +105,10 @@ fn describe() {
         "portico_outbound_denied_total",
         "Outbound sockets, connects and name lookups refused by the service's grant or limits."
     );
+    describe_counter!(
+        "portico_keyvalue_denied_total",
+        "Key-value buckets plugins tried to open without a grant."
+    );
     describe_gauge!(
         "portico_plugin_info",
         "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
@@ -200,6 +204,8 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.memory_limit_hits));
     counter!("portico_outbound_denied_total", "service" => label())
         .absolute(get(&counters.outbound_denied));
+    counter!("portico_keyvalue_denied_total", "service" => label())
+        .absolute(get(&counters.keyvalue_denied));
 }
 
 /// Records a connection's end: how long it lasted and, if its plugin was

@@ -5,6 +5,8 @@ wasmtime::component::bindgen!({
     path: "../guest-sdk/wit",
     world: "portico:plugin/handler",
     exports: { default: async },
+    // Key-value backends wait on a disk or a Redis server.
+    imports: { "wasi:keyvalue": async | trappable },
     // The WASI interfaces are wasmtime-wasi's, so that its stream and
     // pollable resources are the ones `run` receives.
     with: {
@@ -14,5 +16,6 @@ wasmtime::component::bindgen!({
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "wasi:sockets": wasmtime_wasi::p2::bindings::sockets,
+        "wasi:keyvalue/store.bucket": crate::keyvalue::OpenBucket,
     },
 });

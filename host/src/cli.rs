@@ -11,6 +11,7 @@ use anyhow::{Result, bail};
 use clap::Parser;
 
 use crate::config::{self, Config, LogFormat, PeerFilter};
+use crate::keyvalue::{self, BackendSpec, BucketSpec};
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 use crate::server::Source;
@@ -140,6 +141,13 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "config_file")]
     pub allow_outbound: Vec<Rule>,
 
+    /// Let the plugin open the key-value bucket NAME, kept in memory and
+    /// shared by its connections. Repeat for more. In a config file,
+    /// `grants.keyvalue` and `[keyvalue.NAME]`, which also offer buckets in
+    /// a file or in Redis.
+    #[arg(long, value_name = "NAME", conflicts_with = "config_file")]
+    pub allow_keyvalue: Vec<String>,
+
     /// Outbound sockets one connection's plugin may open over its life.
     #[arg(
         long,
@@ -196,6 +204,16 @@ impl Args {
                 settings: self.config.iter().cloned().collect(),
                 peers: PeerFilter::default(),
                 outbound: self.allow_outbound.clone(),
+                keyvalue: self
+                    .allow_keyvalue
+                    .iter()
+                    .map(|name| BucketSpec {
+                        name: name.clone(),
+                        backend: BackendSpec::Memory,
+                        max_keys: keyvalue::DEFAULT_MAX_KEYS,
+                        max_bytes: keyvalue::DEFAULT_MAX_BYTES,
+                    })
+                    .collect(),
             }],
         };
         Ok((config, Source::Flags))

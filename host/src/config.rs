@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::keyvalue::{self, BackendSpec, BucketSpec};
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 
@@ -53,6 +54,8 @@ pub struct Service {
     pub peers: PeerFilter,
     /// Where the plugin may connect to.
     pub outbound: Vec<Rule>,
+    /// The key-value buckets the plugin may open.
+    pub keyvalue: Vec<BucketSpec>,
 }
 
 /// How log lines are written: text for people, JSON for log shippers.
@@ -120,6 +123,18 @@ struct File {
     drain_timeout: Option<Spanned<String>>,
     log_format: Option<Spanned<String>>,
     cache: Option<CacheTable>,
+    #[serde(default)]
+    keyvalue: BTreeMap<String, Spanned<BucketTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct BucketTable {
+    backend: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    max_keys: Option<Spanned<i64>>,
+    max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +203,8 @@ with_limit_keys!(ServiceTable {
 struct GrantsTable {
     #[serde(default)]
     outbound: Vec<Spanned<String>>,
+    #[serde(default)]
+    keyvalue: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +317,7 @@ impl Source<'_> {
                 self.path.display()
             );
         }
+        let buckets = self.buckets(file, folder)?;
         let mut services = Vec::new();
         let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
         for (name, table) in &file.services {
@@ -354,6 +372,21 @@ impl Source<'_> {
                     .collect::<Result<_>>()?,
                 None => Vec::new(),
             };
+            let mut granted = Vec::new();
+            for bucket in table.grants.iter().flat_map(|grants| &grants.keyvalue) {
+                let spec = buckets.get(bucket.get_ref()).ok_or_else(|| {
+                    self.error(
+                        bucket.span(),
+                        &key("grants.keyvalue"),
+                        format!(
+                            "no bucket {:?}: declare it as [keyvalue.{}]",
+                            bucket.get_ref(),
+                            bucket.get_ref()
+                        ),
+                    )
+                })?;
+                granted.push(spec.clone());
+            }
             services.push(Service {
                 name: name.clone(),
                 plugin: folder.join(table.plugin.get_ref()),
@@ -362,6 +395,7 @@ impl Source<'_> {
                 settings: table.settings.clone().unwrap_or_default(),
                 peers,
                 outbound,
+                keyvalue: granted,
             });
         }
         Ok(Config {
@@ -371,6 +405,68 @@ impl Source<'_> {
             cache_dir,
             services,
         })
+    }
+
+    /// The `[keyvalue.NAME]` buckets, by name.
+    fn buckets(&self, file: &File, folder: &Path) -> Result<HashMap<String, BucketSpec>> {
+        let mut buckets = HashMap::new();
+        for (name, table) in &file.keyvalue {
+            let key = |field: &str| format!("keyvalue.{name}.{field}");
+            let (span, table) = (table.span(), table.get_ref());
+            let backend = table.backend.as_ref();
+            let backend = match backend.map(|backend| backend.get_ref().as_str()) {
+                None | Some("memory") => BackendSpec::Memory,
+                Some("file") => {
+                    let path = table.path.as_ref().ok_or_else(|| {
+                        self.error(span.clone(), &key("path"), "the file backend needs a path")
+                    })?;
+                    BackendSpec::File(folder.join(path.get_ref()))
+                }
+                Some("redis") => {
+                    let url = table.url.as_ref().ok_or_else(|| {
+                        self.error(
+                            span.clone(),
+                            &key("url"),
+                            "the redis backend needs a url, like redis://127.0.0.1:6379",
+                        )
+                    })?;
+                    if !url.get_ref().starts_with("redis://") {
+                        return Err(self.error(
+                            url.span(),
+                            &key("url"),
+                            format!("{:?} is not a redis:// URL", url.get_ref()),
+                        ));
+                    }
+                    BackendSpec::Redis(url.get_ref().clone())
+                }
+                Some(other) => {
+                    let span = backend.map_or(span.clone(), |backend| backend.span());
+                    return Err(self.error(
+                        span,
+                        &key("backend"),
+                        format!(
+                            "{other:?} is not a backend: write \"memory\", \"file\" or \"redis\""
+                        ),
+                    ));
+                }
+            };
+            let max_keys = match &table.max_keys {
+                Some(n) => self.count(n, &key("max-keys"), 1..=u32::MAX)?.into(),
+                None => keyvalue::DEFAULT_MAX_KEYS,
+            };
+            let max_bytes = match &table.max_bytes {
+                Some(n) => self.count(n, &key("max-bytes"), 1..=u32::MAX)?.into(),
+                None => keyvalue::DEFAULT_MAX_BYTES,
+            };
+            let spec = BucketSpec {
+                name: name.clone(),
+                backend,
+                max_keys,
+                max_bytes,
+            };
+            buckets.insert(name.clone(), spec);
+        }
+        Ok(buckets)
     }
 
     /// `base` with every limit given in `keys` (written in table `table`)

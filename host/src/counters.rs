@@ -61,6 +61,8 @@ counters! {
     log_lines_dropped,
     /// Outbound sockets, connects and name lookups refused.
     outbound_denied,
+    /// Key-value buckets a plugin tried to open without a grant.
+    keyvalue_denied,
     /// Bytes received from clients, counted as connections close.
     bytes_in,
     /// Bytes sent to clients, counted as connections close.

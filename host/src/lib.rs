@@ -16,6 +16,8 @@
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called under the limits.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
+//! - [`keyvalue`]: key-value buckets (`wasi:keyvalue`) in memory, in a
+//!   file or in Redis, opened only by services granted them.
 //! - [`outbound`]: where a plugin may connect (`grants.outbound`), and how
 //!   many sockets it may hold.
 //! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
@@ -34,6 +36,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod keyvalue;
 pub mod outbound;
 pub mod plugin;
 pub mod reclaim;

@@ -225,6 +225,7 @@ enum Denied<'a> {
     SocketLimit(u32),
     ServiceSocketLimit(u32),
     Listen(&'static str),
+    Bucket(&'a str),
 }
 
 impl ConnOutbound {
@@ -256,7 +257,10 @@ impl ConnOutbound {
     }
 
     fn deny(&self, why: Denied<'_>) -> bool {
-        count(&self.counters.outbound_denied);
+        match why {
+            Denied::Bucket(_) => count(&self.counters.keyvalue_denied),
+            _ => count(&self.counters.outbound_denied),
+        }
         {
             let mut state = self.state();
             if state.logged >= MAX_LOGGED_DENIALS {
@@ -292,6 +296,12 @@ impl ConnOutbound {
                 service,
                 conn,
                 "outbound socket denied: the connection opened {limit} already"
+            ),
+            Denied::Bucket(name) => tracing::warn!(
+                service,
+                conn,
+                bucket = %Untrusted(name),
+                "key-value bucket denied: not in the service's grant"
             ),
             Denied::Listen(what) => tracing::warn!(
                 service,
@@ -333,6 +343,11 @@ impl ConnOutbound {
     /// Refuses an explicit `bind` or `listen`.
     pub fn refuse(&self, what: &'static str) {
         self.deny(Denied::Listen(what));
+    }
+
+    /// Refuses to open bucket `name`, which the service was not granted.
+    pub fn refuse_bucket(&self, name: &str) {
+        self.deny(Denied::Bucket(name));
     }
 
     /// Whether the plugin may look `name` up.

@@ -91,6 +91,13 @@ impl Plugin {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bound_poll(&mut linker)?;
         guard_sockets(&mut linker)?;
+        {
+            use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+            use wasmtime::component::HasSelf;
+            store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+            atomics::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+            batch::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+        }
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;

@@ -36,6 +36,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::bindings::{ConnectionInfo, Handler};
 use crate::counters::{Counters, count};
+use crate::keyvalue::Granted;
 use crate::outbound::{ConnOutbound, Policy};
 use crate::plugin::Plugin;
 use crate::socket::{Socket, SocketInput, SocketOutput};
@@ -216,6 +217,8 @@ pub struct ConnState {
     pub(crate) table: ResourceTable,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) outbound: Arc<ConnOutbound>,
+    /// The key-value buckets the plugin may open.
+    pub(crate) buckets: Arc<Granted>,
     memory: MemoryLimit,
 }
 
@@ -295,6 +298,8 @@ pub struct Sandbox {
     pub stop: CancellationToken,
     /// Where the plugin may connect; `None` when nowhere.
     pub outbound: Option<Arc<Policy>>,
+    /// The key-value buckets the plugin may open.
+    pub buckets: Arc<Granted>,
 }
 
 impl Sandbox {
@@ -335,6 +340,7 @@ impl Sandbox {
             table,
             config: self.plugin.config.clone(),
             outbound,
+            buckets: self.buckets.clone(),
             memory: MemoryLimit {
                 service: self.service.clone(),
                 conn,

@@ -38,8 +38,9 @@ use crate::bindings::ConnectionInfo;
 use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::counters::{Counters, count};
+use crate::keyvalue::Bucket;
 use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
-use crate::service::Version;
+use crate::service::{HostParts, Version};
 use crate::signals;
 use crate::socket::Socket;
 use crate::untrusted::{self, Untrusted};
@@ -94,6 +95,9 @@ pub struct Host {
 struct State {
     config: Option<Config>,
     versions: BTreeMap<String, Arc<Version>>,
+    /// The open key-value buckets, by name: kept across reloads while
+    /// their declaration stays the same, so their data does too.
+    buckets: HashMap<String, Arc<Bucket>>,
     /// Each listener, by the address it was configured with, and the
     /// version its accept loop hands connections to (`None` stops it).
     listeners: HashMap<ListenKey, watch::Sender<Option<Arc<Version>>>>,
@@ -217,6 +221,27 @@ impl Host {
     /// then swaps them all in. On any error, nothing changes.
     async fn apply(self: &Arc<Self>, config: Config) -> Result<String> {
         let mut state = self.state.lock().await;
+        let mut buckets = HashMap::new();
+        for bucket in config.services.iter().flat_map(|spec| &spec.keyvalue) {
+            if buckets.contains_key(&bucket.name) {
+                continue;
+            }
+            let open = match state.buckets.get(&bucket.name) {
+                Some(open) if open.spec() == bucket => open.clone(),
+                _ => Arc::new(
+                    Bucket::open(bucket)
+                        .await
+                        .with_context(|| format!("key-value bucket {}", bucket.name))?,
+                ),
+            };
+            buckets.insert(bucket.name.clone(), open);
+        }
+        let parts = HostParts {
+            stop: self.stop.clone(),
+            cache: self.cache.clone(),
+            ticker: &self.ticker,
+            ceiling: u32::try_from(self.capacity).unwrap_or(u32::MAX),
+        };
         let mut versions = BTreeMap::new();
         let mut built = Vec::new();
         for spec in &config.services {
@@ -232,15 +257,15 @@ impl Host {
                 .into_iter()
                 .find_map(|(name, counters)| (name == spec.name).then_some(counters))
                 .unwrap_or_default();
-            let ceiling = u32::try_from(self.capacity).unwrap_or(u32::MAX);
             let version = Version::build(
                 spec,
                 counters,
-                self.stop.clone(),
-                self.cache.clone(),
-                &self.ticker,
-                ceiling,
+                &parts,
                 previous.map(|previous| &**previous),
+                spec.keyvalue
+                    .iter()
+                    .map(|bucket| (bucket.name.clone(), buckets[&bucket.name].clone()))
+                    .collect(),
             )
             .await
             .map_err(|error| self.in_service(error, &spec.name))?;
@@ -335,6 +360,7 @@ impl Host {
             .cloned()
             .collect();
         state.versions = versions;
+        state.buckets = buckets;
         self.drain_timeout.set(config.drain_timeout);
         state.config = Some(config);
         Ok(format!(

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::config;
 use crate::counters::Counters;
+use crate::keyvalue::Granted;
 use crate::outbound::Policy;
 use crate::plugin::Plugin;
 use crate::reclaim::Reclaimer;
@@ -38,21 +39,29 @@ pub struct Version {
     pub reclaimer: Arc<Reclaimer>,
 }
 
+/// What every version gets from the host.
+pub struct HostParts<'a> {
+    /// Cancelled at the end of a drain: stops every connection.
+    pub stop: CancellationToken,
+    pub cache: Option<Arc<Cache>>,
+    pub ticker: &'a EpochTicker,
+    /// The most connections one service may serve at once in this process.
+    pub ceiling: u32,
+}
+
 impl Version {
     /// Builds a version of `spec`: compiles the plugin (or loads it from
-    /// `cache`), checks it by instantiating it once, and sets up its pool.
+    /// the cache), checks it by instantiating it once, and sets up its pool.
     /// If `previous` has a pool of the same shape, the new version shares
     /// it (and its places), so that old and new connections together stay
-    /// within `max-connections`. `ceiling` is the most connections this
-    /// service may serve at once in this process.
+    /// within `max-connections`. `buckets` are the key-value buckets the
+    /// service is granted.
     pub async fn build(
         spec: &config::Service,
         counters: Arc<Counters>,
-        stop: CancellationToken,
-        cache: Option<Arc<Cache>>,
-        ticker: &EpochTicker,
-        ceiling: u32,
+        host: &HostParts<'_>,
         previous: Option<&Version>,
+        buckets: Granted,
     ) -> Result<Version> {
         let limits = &spec.limits;
         let shared = previous.filter(|previous| {
@@ -63,14 +72,14 @@ impl Version {
             Some(previous) => previous.sandbox.plugin.engine().clone(),
             None => {
                 let engine = sandbox::engine(limits)?;
-                ticker.add(&engine);
+                host.ticker.add(&engine);
                 engine
             }
         };
 
         let loading = std::time::Instant::now();
         let plugin = {
-            let (engine, path) = (engine.clone(), spec.plugin.clone());
+            let (engine, path, cache) = (engine.clone(), spec.plugin.clone(), host.cache.clone());
             let settings = spec.settings.clone().into_iter().collect();
             // Compiling takes seconds for a large plugin: off the workers.
             tokio::task::spawn_blocking(move || {
@@ -84,7 +93,7 @@ impl Version {
             plugin,
             limits: limits.clone(),
             counters,
-            stop,
+            stop: host.stop.clone(),
             outbound: (!spec.outbound.is_empty()).then(|| {
                 Arc::new(Policy::new(
                     spec.outbound.clone(),
@@ -92,6 +101,7 @@ impl Version {
                     limits.max_outbound_sockets_per_service,
                 ))
             }),
+            buckets: Arc::new(buckets),
         });
         sandbox
             .check()
@@ -107,7 +117,7 @@ impl Version {
                 previous.reclaimer.clone(),
             ),
             None => {
-                let max_connections = ceiling.min(limits.max_connections).max(1);
+                let max_connections = host.ceiling.min(limits.max_connections).max(1);
                 let places = Arc::new(Semaphore::new(max_connections as usize));
                 let reclaimer = Arc::new(
                     Reclaimer::new(&engine, sandbox::memory_slots(limits))

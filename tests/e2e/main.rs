@@ -14,6 +14,9 @@ mod echo;
 mod http;
 /// Misbehaving plugins close only their own connection.
 mod isolation;
+/// Key-value buckets: redis-kv with redis-cli and redis-benchmark, the file
+/// and redis backends, grants and limits, and 0.1.0 plugins.
+mod keyvalue;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
 /// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.

@@ -26,10 +26,10 @@ impl Scratch {
     }
 
     /// Writes `text` as `portico.toml`, with `{echo}`, `{misbehave}`,
-    /// `{greeter}` and `{tcp-proxy}` standing for the plugins' paths;
+    /// `{greeter}`, `{tcp-proxy}` and `{redis-kv}` standing for the plugins' paths;
     /// returns its path.
     pub(crate) fn config(&self, text: &str) -> PathBuf {
-        let text = ["echo", "misbehave", "greeter", "tcp-proxy"]
+        let text = ["echo", "misbehave", "greeter", "tcp-proxy", "redis-kv"]
             .iter()
             .fold(text.to_string(), |text, name| {
                 text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string())

@@ -87,10 +87,18 @@ fn outbound_sockets_are_bounded_per_connection_and_per_service() {
         if read_line(&mut next).starts_with(&format!("held {PER_CONNECTION}:")) {
             break;
         }
-        assert!(started.elapsed() < TIMEOUT, "the first hoarder's sockets were not given back");
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the first hoarder's sockets were not given back"
+        );
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(metric(&host, r#"portico_outbound_denied_total{service="misbehave"}"#) >= 3.0);
+    assert!(
+        metric(
+            &host,
+            r#"portico_outbound_denied_total{service="misbehave"}"#
+        ) >= 3.0
+    );
 }
 
 /// As many plugins as twice the cores at once, scanning ports, connecting
@@ -105,37 +113,48 @@ fn outbound_scans_and_denied_loops_under_load() {
     let host = start_host(&granted.local_addr().unwrap().to_string());
     let attackers = 2 * cores();
 
-    under_load(&host, "plugins scanning and connecting where denied", || {
-        let threads: Vec<_> = (0..attackers)
-            .map(|i| {
-                let addr = host.addr;
-                thread::spawn(move || {
-                    let mut conn = TcpStream::connect(addr).unwrap();
-                    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-                    match i % 3 {
-                        0 => {
-                            writeln!(conn, "scan 1000").unwrap();
-                            assert_eq!(read_line(&mut conn), "connected to 0 of 1000 ports\n");
+    under_load(
+        &host,
+        "plugins scanning and connecting where denied",
+        || {
+            let threads: Vec<_> = (0..attackers)
+                .map(|i| {
+                    let addr = host.addr;
+                    thread::spawn(move || {
+                        let mut conn = TcpStream::connect(addr).unwrap();
+                        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+                        match i % 3 {
+                            0 => {
+                                writeln!(conn, "scan 1000").unwrap();
+                                assert_eq!(read_line(&mut conn), "connected to 0 of 1000 ports\n");
+                            }
+                            1 => {
+                                writeln!(conn, "connect-loop 127.0.0.1:22").unwrap();
+                                assert_closed(&mut conn);
+                            }
+                            _ => {
+                                writeln!(conn, "lookup internal.example").unwrap();
+                                assert!(read_line(&mut conn).starts_with("denied"));
+                            }
                         }
-                        1 => {
-                            writeln!(conn, "connect-loop 127.0.0.1:22").unwrap();
-                            assert_closed(&mut conn);
-                        }
-                        _ => {
-                            writeln!(conn, "lookup internal.example").unwrap();
-                            assert!(read_line(&mut conn).starts_with("denied"));
-                        }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-    });
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        },
+    );
     host.wait_for_log(&["closed", "CPU budget spent"]);
-    let denied = metric(&host, r#"portico_outbound_denied_total{service="misbehave"}"#);
-    let logged = host.log().lines().filter(|line| line.contains(" denied")).count();
+    let denied = metric(
+        &host,
+        r#"portico_outbound_denied_total{service="misbehave"}"#,
+    );
+    let logged = host
+        .log()
+        .lines()
+        .filter(|line| line.contains(" denied"))
+        .count();
     println!("denied attempts counted: {denied}, log lines about them: {logged}");
     assert!(denied >= 1000.0, "{denied}");
     assert!(logged <= attackers * 8, "{logged} log lines");

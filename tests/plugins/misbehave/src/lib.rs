@@ -103,6 +103,22 @@ impl Handler for Misbehave {
                 // Keeps them until the client says otherwise.
                 input.read_line(&mut String::new())?;
             }
+            "fill-bucket" => {
+                let bucket = portico_guest_sdk::keyvalue::Bucket::open(arg)?;
+                let value = vec![7; 1 << 20];
+                let mut stored = 0;
+                let error = loop {
+                    match bucket.set(&format!("{}-{stored}", info), &value) {
+                        Ok(()) => stored += 1,
+                        Err(error) => break error,
+                    }
+                };
+                writeln!(output, "stored {stored}: {error}")?;
+            }
+            "open-bucket" => report(
+                output,
+                portico_guest_sdk::keyvalue::Bucket::open(arg).map_err(io::Error::other),
+            )?,
             "connect-loop" => loop {
                 let _ = std::net::TcpStream::connect(arg);
             },

@@ -1,0 +1,208 @@
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+
+use crate::outbound::{Redis, redis_tool};
+use crate::services::{Scratch, get, metric};
+use crate::util::{Host, TIMEOUT, echoes, read_line};
+
+fn cli(addr: SocketAddr, args: &[&str]) -> String {
+    let output = redis_tool("redis-cli", addr, args);
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `plugins/redis-kv/portico.toml`, as shipped, with its plugin path made
+/// absolute, its port left to the system and its bucket declared by
+/// `bucket` (TOML keys) instead.
+fn redis_kv_config(scratch: &Scratch, bucket: &str) -> std::path::PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/redis-kv/portico.toml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    assert!(text.contains("127.0.0.1:6380") && text.contains("backend = \"memory\""));
+    let text = text
+        .replace(
+            "../../target/wasm32-wasip2/release/redis_kv.wasm",
+            "{redis-kv}",
+        )
+        .replace("127.0.0.1:6380", "127.0.0.1:0")
+        .replace("backend = \"memory\"", bucket);
+    scratch.config(&text)
+}
+
+/// redis-cli and redis-benchmark against the redis-kv plugin on its shipped
+/// config (memory bucket): what one connection sets, the next reads; every
+/// command answers as Redis would; the benchmark sees no error.
+#[test]
+fn redis_kv_serves_redis_clients() {
+    let scratch = Scratch::new("redis-kv");
+    let host = Host::start_config(
+        &redis_kv_config(&scratch, "backend = \"memory\""),
+        &[],
+        1,
+        false,
+    );
+    let kv = host.service("redis-kv");
+
+    assert_eq!(cli(kv, &["PING"]), "PONG");
+    assert_eq!(cli(kv, &["SET", "greeting", "hello"]), "OK");
+    assert_eq!(cli(kv, &["GET", "greeting"]), "hello");
+    assert_eq!(cli(kv, &["ECHO", "say"]), "say");
+    assert_eq!(cli(kv, &["SET", "n", "41"]), "OK");
+    assert_eq!(cli(kv, &["INCR", "n"]), "42");
+    assert_eq!(
+        cli(kv, &["INCR", "greeting"]),
+        "ERR value is not an integer or out of range"
+    );
+    // redis-cli prints a missing value as an empty line (trimmed here).
+    assert_eq!(cli(kv, &["MGET", "greeting", "n", "missing"]), "hello\n42");
+    assert_eq!(cli(kv, &["EXISTS", "greeting", "missing"]), "1");
+    assert_eq!(cli(kv, &["SET", "short", "lived", "EX", "1"]), "OK");
+    assert_eq!(cli(kv, &["GET", "short"]), "lived");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(cli(kv, &["GET", "short"]), "");
+    assert_eq!(cli(kv, &["DEL", "greeting", "n"]), "2");
+    assert_eq!(cli(kv, &["GET", "greeting"]), "");
+    assert!(cli(kv, &["FLUSHALL"]).starts_with("ERR unknown command"));
+    // A value past the host's limit (too long for a command line).
+    let mut conn = TcpStream::connect(kv).unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let huge = vec![b'x'; 2 << 20];
+    write!(conn, "*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n${}\r\n", huge.len()).unwrap();
+    conn.write_all(&huge).unwrap();
+    conn.write_all(b"\r\n").unwrap();
+    let reply = read_line(&mut conn);
+    assert!(
+        reply.starts_with("-ERR set: value of 2097152 bytes, more than the 1048576 allowed"),
+        "{reply}"
+    );
+    drop(conn);
+
+    let benchmark = redis_tool(
+        "redis-benchmark",
+        kv,
+        &["-t", "ping,set,get,incr", "-n", "100000", "-c", "50", "-q"],
+    );
+    let report = String::from_utf8_lossy(&benchmark.stdout).replace('\r', "\n");
+    let results: Vec<&str> = report
+        .lines()
+        .filter(|line| line.contains("requests per second"))
+        .collect();
+    println!("{}", results.join("\n"));
+    assert_eq!(results.len(), 5, "one result per test:\n{report}");
+    let errors = String::from_utf8_lossy(&benchmark.stderr);
+    assert!(
+        !report.to_lowercase().contains("error") && errors.is_empty(),
+        "{report}{errors}"
+    );
+    // redis-benchmark's INCR counts one key up once per request.
+    assert_eq!(cli(kv, &["GET", "counter:__rand_int__"]), "100000");
+}
+
+/// With the file backend, what was set survives the host being killed with
+/// SIGKILL and started again.
+#[test]
+fn a_file_bucket_survives_kill_9() {
+    let scratch = Scratch::new("redis-kv-file");
+    let config = redis_kv_config(&scratch, "backend = \"file\"\npath = \"state/cache.db\"");
+    let host = Host::start_config(&config, &[], 1, false);
+    assert_eq!(
+        cli(
+            host.service("redis-kv"),
+            &["SET", "kept", "across restarts"]
+        ),
+        "OK"
+    );
+    assert_eq!(cli(host.service("redis-kv"), &["INCR", "visits"]), "1");
+    drop(host); // SIGKILL
+
+    let host = Host::start_config(&config, &[], 1, false);
+    assert_eq!(
+        cli(host.service("redis-kv"), &["GET", "kept"]),
+        "across restarts"
+    );
+    assert_eq!(cli(host.service("redis-kv"), &["INCR", "visits"]), "2");
+    assert!(scratch.0.join("state/cache.db").is_file());
+}
+
+/// With the redis backend, two hosts see the same data, and it is in the
+/// real Redis under the bucket's prefix.
+#[test]
+fn a_redis_bucket_is_shared_by_two_hosts() {
+    let redis = Redis::start();
+    let scratch = Scratch::new("redis-kv-redis");
+    let config = redis_kv_config(
+        &scratch,
+        &format!("backend = \"redis\"\nurl = \"redis://{}\"", redis.addr),
+    );
+    let first = Host::start_config(&config, &[], 1, false);
+    let second = Host::start_config(&config, &[], 1, false);
+    assert_eq!(
+        cli(first.service("redis-kv"), &["SET", "shared", "by both"]),
+        "OK"
+    );
+    assert_eq!(
+        cli(second.service("redis-kv"), &["GET", "shared"]),
+        "by both"
+    );
+    assert_eq!(cli(second.service("redis-kv"), &["INCR", "hits"]), "1");
+    assert_eq!(cli(first.service("redis-kv"), &["INCR", "hits"]), "2");
+    assert_eq!(cli(redis.addr, &["GET", "portico:cache:shared"]), "by both");
+}
+
+/// A plugin opens only the buckets its service is granted, and a bucket
+/// holds at most its `max-keys`: past either, an error inside the plugin,
+/// logged and counted, and the connection goes on.
+#[test]
+fn buckets_are_granted_and_bounded() {
+    let scratch = Scratch::new("kv-grants");
+    let config = scratch.config(
+        r#"
+        [admin]
+        listen = "127.0.0.1:0"
+
+        [keyvalue.small]
+        max-keys = 3
+
+        [keyvalue.private]
+
+        [services.kv]
+        plugin = "{misbehave}"
+        listen = ["127.0.0.1:0"]
+        grants = { keyvalue = ["small"] }
+        "#,
+    );
+    let host = Host::start_config(&config, &[], 1, true);
+    let ask = |command: &str| {
+        let mut conn = TcpStream::connect(host.service("kv")).unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        writeln!(conn, "{command}").unwrap();
+        read_line(&mut conn)
+    };
+    assert_eq!(ask("open-bucket small"), "allowed\n");
+    let denied = ask("open-bucket private");
+    assert!(
+        denied.starts_with("denied") && denied.contains("access denied"),
+        "{denied}"
+    );
+    host.wait_for_log(&["key-value bucket denied", "bucket=\"private\"", "conn="]);
+    let filled = ask("fill-bucket small");
+    assert!(
+        filled.starts_with("stored 3: set: bucket full: 3 keys"),
+        "{filled}"
+    );
+
+    let (_, metrics) = get(&host.admin_url("/metrics"));
+    assert_eq!(
+        metric(&metrics, r#"portico_keyvalue_denied_total{service="kv"}"#),
+        1.0
+    );
+}
+
+/// A plugin built against the 0.1.0 contract, before key-value existed,
+/// still loads and serves (the fixture is the echo plugin as built then).
+#[test]
+fn a_plugin_built_against_0_1_0_still_works() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/echo-0.1.0.wasm");
+    let host = Host::start_file(&fixture, &[]);
+    let mut conn = host.connect();
+    assert!(echoes(&mut conn, "built against portico:plugin@0.1.0"));
+}
