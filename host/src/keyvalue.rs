@@ -408,6 +408,11 @@ pub type Granted = HashMap<String, Arc<Bucket>>;
 pub struct OpenBucket(Arc<Bucket>);
 
 impl ConnState {
+    /// The bucket behind a plugin's handle.
+    pub fn open_bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
+        self.bucket(bucket)
+    }
+
     fn bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
         Ok(self.table.get(bucket)?.0.clone())
     }
@@ -490,7 +495,11 @@ impl atomics::Host for ConnState {
 }
 
 /// Most keys one batch call may name: each is a backend operation.
-const MAX_BATCH: usize = 1000;
+pub const MAX_BATCH: usize = 1000;
+
+pub fn too_many_keys() -> store::Error {
+    other(format!("more than {MAX_BATCH} keys in one call"))
+}
 
 impl batch::Host for ConnState {
     async fn get_many(

@@ -25,6 +25,7 @@ use wasmtime_wasi_io::bindings::wasi::io::poll;
 
 use crate::bindings::HandlerPre;
 use crate::cache::{Cache, Key};
+use crate::keyvalue::{MAX_BATCH, OpenBucket, too_many_keys};
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -98,6 +99,7 @@ impl Plugin {
             atomics::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             batch::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
         }
+        copy_values(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;
@@ -229,6 +231,52 @@ fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(false);
     Ok(())
 }
+
+/// Replaces the key-value calls that take values with ones that copy each
+/// value out of the plugin's memory in one go: the generated bindings lift
+/// a `list<u8>` element by element, which kept a worker thread busy for
+/// milliseconds per MiB, long enough to stall every connection beside it.
+fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(KEYVALUE_STORE_INTERFACE)?.func_wrap_async(
+        "[method]bucket.set",
+        |mut store, (bucket, key, value): (Resource<OpenBucket>, String, WasmList<u8>)| {
+            Box::new(async move {
+                let value = value.as_le_slice(&store).to_vec();
+                let bucket = store.data_mut().open_bucket(&bucket)?;
+                Ok((bucket.set(&key, value).await,))
+            })
+        },
+    )?;
+    linker.instance(KEYVALUE_BATCH_INTERFACE)?.func_wrap_async(
+        "set-many",
+        |mut store, (bucket, entries): (Resource<OpenBucket>, WasmList<(String, WasmList<u8>)>)| {
+            Box::new(async move {
+                if entries.len() > MAX_BATCH {
+                    return Ok((Err(too_many_keys()),));
+                }
+                let entries: Vec<(String, WasmList<u8>)> =
+                    entries.iter(&mut store)?.collect::<Result<_>>()?;
+                let entries: Vec<(String, Vec<u8>)> = entries
+                    .into_iter()
+                    .map(|(key, value)| (key, value.as_le_slice(&store).to_vec()))
+                    .collect();
+                let bucket = store.data_mut().open_bucket(&bucket)?;
+                for (key, value) in entries {
+                    if let Err(error) = bucket.set(&key, value).await {
+                        return Ok((Err(error),));
+                    }
+                }
+                Ok((Ok(()),))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+const KEYVALUE_STORE_INTERFACE: &str = "wasi:keyvalue/store@0.2.0-draft";
+const KEYVALUE_BATCH_INTERFACE: &str = "wasi:keyvalue/batch@0.2.0-draft";
 
 /// A `wasi:sockets` result as the plugin sees it; a trap stays a trap.
 fn error_code<T>(result: Result<T, SocketError>) -> Result<Result<T, ErrorCode>> {

@@ -21,6 +21,8 @@ mod fairness;
 mod hostile;
 /// Code that runs when an instance is created, before `run`.
 mod instantiation;
+/// Plugins granted a key-value bucket, filling it.
+mod keyvalue;
 /// Plugin text in the host's log: escaped and bounded.
 mod logs;
 /// Plugins granted outbound TCP, abusing it.
