@@ -5,6 +5,7 @@
 //!
 //! Run it with `cargo xtask bench`; BENCHMARKS.md holds the latest results.
 
+mod capabilities;
 mod inproc;
 mod load;
 mod native;
@@ -40,6 +41,10 @@ struct Args {
     /// Idle connections held open for the memory figures.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// Requests per redis-benchmark test, against the redis-kv and
+    /// tcp-proxy plugins and a real redis-server.
+    #[arg(long, default_value_t = 100_000)]
+    redis_requests: u64,
 }
 
 #[derive(Subcommand)]
@@ -120,6 +125,9 @@ fn main() -> Result<()> {
     let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
     let startup = server::startup_times(&launch)?;
     report(&portico, &native, &inproc, startup, &args);
+    let plugin_dir = args.plugin.parent().unwrap_or(std::path::Path::new("."));
+    let redis = capabilities::measure(&args.host, plugin_dir, args.redis_requests)?;
+    capabilities::report(&redis, args.redis_requests);
     Ok(())
 }
 

@@ -32,6 +32,8 @@ fn a_short_round_runs_clean() {
             "1",
             "--idle-connections",
             "200",
+            "--redis-requests",
+            "2000",
         ])
         .output()
         .expect("cannot start portico-bench");
@@ -48,6 +50,8 @@ fn a_short_round_runs_clean() {
         "streaming",
         "RSS per idle connection",
         "instantiate",
+        "redis-kv",
+        "via tcp-proxy",
     ] {
         assert!(
             stdout.contains(metric),
