@@ -41,6 +41,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         stop: CancellationToken::new(),
         outbound: None,
         buckets: Default::default(),
+        messaging: None,
     };
 
     for _ in 0..iterations / 10 {

@@ -52,7 +52,8 @@
 //! connection id) and read its settings with [`config::get`]. Where the
 //! operator granted it, connect to other servers with [`net::TcpStream`], and
 //! serve the client and those servers at once with [`net::wait_readable`];
-//! keep state beyond one connection in a [`keyvalue::Bucket`].
+//! keep state beyond one connection in a [`keyvalue::Bucket`]; reach other
+//! connections with [`pubsub`].
 //! Files, environment variables, arguments, and sockets or name lookups
 //! beyond the grant are not available: the calls for them fail with an
 //! error.
@@ -67,6 +68,7 @@ pub mod config;
 mod connection;
 pub mod keyvalue;
 pub mod net;
+pub mod pubsub;
 
 pub use connection::{Connection, Input, Output};
 

@@ -98,7 +98,8 @@ impl Write for TcpStream {
 }
 
 /// Something [`wait_readable`] can wait on: the client [`Connection`], its
-/// [`Input`], or a [`TcpStream`].
+/// [`Input`], a [`TcpStream`], or a
+/// [`Subscription`](crate::pubsub::Subscription).
 pub trait Readable {
     /// A pollable that is ready when a read would not wait.
     #[doc(hidden)]

@@ -109,6 +109,14 @@ fn describe() {
         "portico_keyvalue_denied_total",
         "Key-value buckets plugins tried to open without a grant."
     );
+    describe_counter!(
+        "portico_messaging_denied_total",
+        "Topics plugins tried to publish or subscribe to without a grant."
+    );
+    describe_counter!(
+        "portico_messages_dropped_total",
+        "Messages dropped because a subscription's queue was full."
+    );
     describe_gauge!(
         "portico_plugin_info",
         "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
@@ -206,6 +214,10 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.outbound_denied));
     counter!("portico_keyvalue_denied_total", "service" => label())
         .absolute(get(&counters.keyvalue_denied));
+    counter!("portico_messaging_denied_total", "service" => label())
+        .absolute(get(&counters.messaging_denied));
+    counter!("portico_messages_dropped_total", "service" => label())
+        .absolute(get(&counters.messages_dropped));
 }
 
 /// Records a connection's end: how long it lasted and, if its plugin was

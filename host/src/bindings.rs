@@ -6,7 +6,10 @@ wasmtime::component::bindgen!({
     world: "portico:plugin/handler",
     exports: { default: async },
     // Key-value backends wait on a disk or a Redis server.
-    imports: { "wasi:keyvalue": async | trappable },
+    imports: {
+        "wasi:keyvalue": async | trappable,
+        "portico:plugin/pubsub": trappable,
+    },
     // The WASI interfaces are wasmtime-wasi's, so that its stream and
     // pollable resources are the ones `run` receives.
     with: {
@@ -17,5 +20,6 @@ wasmtime::component::bindgen!({
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "wasi:sockets": wasmtime_wasi::p2::bindings::sockets,
         "wasi:keyvalue/store.bucket": crate::keyvalue::OpenBucket,
+        "portico:plugin/pubsub.subscription": crate::messaging::Subscription,
     },
 });

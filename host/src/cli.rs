@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::config::{self, Config, LogFormat, PeerFilter};
 use crate::keyvalue::{self, BackendSpec, BucketSpec};
+use crate::messaging::Pattern;
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 use crate::server::Source;
@@ -148,6 +149,12 @@ pub struct Args {
     #[arg(long, value_name = "NAME", conflicts_with = "config_file")]
     pub allow_keyvalue: Vec<String>,
 
+    /// Let the plugin publish and subscribe to the topics PATTERN matches
+    /// (`*` for any one word, a final `>` for the rest). Repeat for more.
+    /// In a config file, `grants.messaging`.
+    #[arg(long, value_name = "PATTERN", conflicts_with = "config_file")]
+    pub allow_messaging: Vec<Pattern>,
+
     /// Outbound sockets one connection's plugin may open over its life.
     #[arg(
         long,
@@ -214,6 +221,7 @@ impl Args {
                         max_bytes: keyvalue::DEFAULT_MAX_BYTES,
                     })
                     .collect(),
+                messaging: self.allow_messaging.clone(),
             }],
         };
         Ok((config, Source::Flags))

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::keyvalue::{self, BackendSpec, BucketSpec};
+use crate::messaging::Pattern;
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 
@@ -56,6 +57,8 @@ pub struct Service {
     pub outbound: Vec<Rule>,
     /// The key-value buckets the plugin may open.
     pub keyvalue: Vec<BucketSpec>,
+    /// The topics the plugin may publish and subscribe to.
+    pub messaging: Vec<Pattern>,
 }
 
 /// How log lines are written: text for people, JSON for log shippers.
@@ -125,6 +128,13 @@ struct File {
     cache: Option<CacheTable>,
     #[serde(default)]
     keyvalue: BTreeMap<String, Spanned<BucketTable>>,
+    messaging: Option<MessagingTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MessagingTable {
+    backend: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +215,8 @@ struct GrantsTable {
     outbound: Vec<Spanned<String>>,
     #[serde(default)]
     keyvalue: Vec<Spanned<String>>,
+    #[serde(default)]
+    messaging: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +330,22 @@ impl Source<'_> {
             );
         }
         let buckets = self.buckets(file, folder)?;
+        if let Some(backend) = file
+            .messaging
+            .as_ref()
+            .and_then(|table| table.backend.as_ref())
+        {
+            if backend.get_ref() != "memory" {
+                return Err(self.error(
+                    backend.span(),
+                    "messaging.backend",
+                    format!(
+                        "{:?} is not a messaging backend this host has: write \"memory\"",
+                        backend.get_ref()
+                    ),
+                ));
+            }
+        }
         let mut services = Vec::new();
         let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
         for (name, table) in &file.services {
@@ -387,6 +415,16 @@ impl Source<'_> {
                 })?;
                 granted.push(spec.clone());
             }
+            let messaging = table
+                .grants
+                .iter()
+                .flat_map(|grants| &grants.messaging)
+                .map(|pattern| {
+                    pattern.get_ref().parse().map_err(|problem| {
+                        self.error(pattern.span(), &key("grants.messaging"), problem)
+                    })
+                })
+                .collect::<Result<_>>()?;
             services.push(Service {
                 name: name.clone(),
                 plugin: folder.join(table.plugin.get_ref()),
@@ -396,6 +434,7 @@ impl Source<'_> {
                 peers,
                 outbound,
                 keyvalue: granted,
+                messaging,
             });
         }
         Ok(Config {

@@ -63,6 +63,10 @@ counters! {
     outbound_denied,
     /// Key-value buckets a plugin tried to open without a grant.
     keyvalue_denied,
+    /// Topics a plugin tried to publish or subscribe to without a grant.
+    messaging_denied,
+    /// Messages dropped because a subscription's queue was full.
+    messages_dropped,
     /// Bytes received from clients, counted as connections close.
     bytes_in,
     /// Bytes sent to clients, counted as connections close.

@@ -18,6 +18,7 @@
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
 //! - [`keyvalue`]: key-value buckets (`wasi:keyvalue`) in memory, in a
 //!   file or in Redis, opened only by services granted them.
+//! - [`messaging`]: messages between connections (`portico:plugin/pubsub`).
 //! - [`outbound`]: where a plugin may connect (`grants.outbound`), and how
 //!   many sockets it may hold.
 //! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod keyvalue;
+pub mod messaging;
 pub mod outbound;
 pub mod plugin;
 pub mod reclaim;

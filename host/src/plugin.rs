@@ -98,6 +98,10 @@ impl Plugin {
             store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             atomics::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             batch::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+            crate::bindings::portico::plugin::pubsub::add_to_linker::<_, HasSelf<ConnState>>(
+                &mut linker,
+                |state| state,
+            )?;
         }
         copy_values(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {

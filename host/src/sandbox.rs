@@ -37,6 +37,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use crate::bindings::{ConnectionInfo, Handler};
 use crate::counters::{Counters, count};
 use crate::keyvalue::Granted;
+use crate::messaging::{self, ConnMessaging};
 use crate::outbound::{ConnOutbound, Policy};
 use crate::plugin::Plugin;
 use crate::socket::{Socket, SocketInput, SocketOutput};
@@ -219,6 +220,7 @@ pub struct ConnState {
     pub(crate) outbound: Arc<ConnOutbound>,
     /// The key-value buckets the plugin may open.
     pub(crate) buckets: Arc<Granted>,
+    pub(crate) messaging: ConnMessaging,
     memory: MemoryLimit,
 }
 
@@ -300,6 +302,8 @@ pub struct Sandbox {
     pub outbound: Option<Arc<Policy>>,
     /// The key-value buckets the plugin may open.
     pub buckets: Arc<Granted>,
+    /// The topics the plugin may use; `None` when none.
+    pub messaging: Option<Arc<messaging::Grant>>,
 }
 
 impl Sandbox {
@@ -341,6 +345,7 @@ impl Sandbox {
             config: self.plugin.config.clone(),
             outbound,
             buckets: self.buckets.clone(),
+            messaging: ConnMessaging::new(self.messaging.clone(), self.counters.clone()),
             memory: MemoryLimit {
                 service: self.service.clone(),
                 conn,

@@ -39,6 +39,7 @@ use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::counters::{Counters, count};
 use crate::keyvalue::Bucket;
+use crate::messaging::Broker;
 use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
 use crate::service::{HostParts, Version};
 use crate::signals;
@@ -71,6 +72,8 @@ pub struct Host {
     source: Source,
     cache: Option<Arc<Cache>>,
     ticker: EpochTicker,
+    /// Carries messages between connections, across reloads.
+    broker: Arc<Broker>,
     /// Cancelled at the end of a drain: stops the connections left.
     stop: CancellationToken,
     /// Cancelled when a drain starts: stops every accept loop.
@@ -129,6 +132,7 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
             .as_deref()
             .map(|dir| Arc::new(Cache::new(dir))),
         ticker: EpochTicker::start()?,
+        broker: Arc::default(),
         stop: CancellationToken::new(),
         accepting: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -241,6 +245,7 @@ impl Host {
             cache: self.cache.clone(),
             ticker: &self.ticker,
             ceiling: u32::try_from(self.capacity).unwrap_or(u32::MAX),
+            broker: self.broker.clone(),
         };
         let mut versions = BTreeMap::new();
         let mut built = Vec::new();

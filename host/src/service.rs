@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::config;
 use crate::counters::Counters;
 use crate::keyvalue::Granted;
+use crate::messaging::{self, Broker};
 use crate::outbound::Policy;
 use crate::plugin::Plugin;
 use crate::reclaim::Reclaimer;
@@ -47,6 +48,8 @@ pub struct HostParts<'a> {
     pub ticker: &'a EpochTicker,
     /// The most connections one service may serve at once in this process.
     pub ceiling: u32,
+    /// Carries messages between every service's connections.
+    pub broker: Arc<Broker>,
 }
 
 impl Version {
@@ -102,6 +105,12 @@ impl Version {
                 ))
             }),
             buckets: Arc::new(buckets),
+            messaging: (!spec.messaging.is_empty()).then(|| {
+                Arc::new(messaging::Grant {
+                    broker: host.broker.clone(),
+                    patterns: spec.messaging.clone(),
+                })
+            }),
         });
         sandbox
             .check()

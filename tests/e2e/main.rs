@@ -19,6 +19,8 @@ mod isolation;
 mod keyvalue;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
+/// Messages between connections: the chat plugin's rooms, and the grant.
+mod messaging;
 /// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.
 mod outbound;
 /// What a plugin is and is not granted: config, stdio, files, sockets.

@@ -26,14 +26,22 @@ impl Scratch {
     }
 
     /// Writes `text` as `portico.toml`, with `{echo}`, `{misbehave}`,
-    /// `{greeter}`, `{tcp-proxy}` and `{redis-kv}` standing for the plugins' paths;
+    /// `{greeter}`, `{tcp-proxy}`, `{redis-kv}` and `{chat}` standing for the
+    /// plugins' paths;
     /// returns its path.
     pub(crate) fn config(&self, text: &str) -> PathBuf {
-        let text = ["echo", "misbehave", "greeter", "tcp-proxy", "redis-kv"]
-            .iter()
-            .fold(text.to_string(), |text, name| {
-                text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string())
-            });
+        let text = [
+            "echo",
+            "misbehave",
+            "greeter",
+            "tcp-proxy",
+            "redis-kv",
+            "chat",
+        ]
+        .iter()
+        .fold(text.to_string(), |text, name| {
+            text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string())
+        });
         let path = self.0.join("portico.toml");
         std::fs::write(&path, text).unwrap();
         path

@@ -25,6 +25,8 @@ mod instantiation;
 mod keyvalue;
 /// Plugin text in the host's log: escaped and bounded.
 mod logs;
+/// Plugins granted messaging, flooding it.
+mod messaging;
 /// Plugins granted outbound TCP, abusing it.
 mod outbound;
 /// The instance pool: bursts at the limit, memory given back.

@@ -119,6 +119,25 @@ impl Handler for Misbehave {
                 output,
                 portico_guest_sdk::keyvalue::Bucket::open(arg).map_err(io::Error::other),
             )?,
+            "publish-loop" => loop {
+                let _ = portico_guest_sdk::pubsub::publish(arg, &[b'x'; 1024]);
+            },
+            "subscribe-idle" => {
+                let _subscription = portico_guest_sdk::pubsub::subscribe(arg)?;
+                writeln!(output, "subscribed")?;
+                // Never reads what arrives; waits for the client instead.
+                input.read_line(&mut String::new())?;
+            }
+            "subscribe-many" => {
+                let mut held = Vec::new();
+                let error = loop {
+                    match portico_guest_sdk::pubsub::subscribe(&format!("{arg}.{}", held.len())) {
+                        Ok(subscription) => held.push(subscription),
+                        Err(error) => break error,
+                    }
+                };
+                writeln!(output, "subscribed {}: {error}", held.len())?;
+            }
             "connect-loop" => loop {
                 let _ = std::net::TcpStream::connect(arg);
             },

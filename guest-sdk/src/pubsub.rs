@@ -1,0 +1,57 @@
+//! Messages between connections: publish to a topic, subscribe to one,
+//! and wait on the client and subscriptions at once with
+//! [`wait_readable`](crate::net::wait_readable).
+//!
+//! A service may use only the topics it is granted (`grants.messaging` in
+//! the host's config file, `--allow-messaging PATTERN` on its command
+//! line). Delivery is at most once: a subscriber that falls behind loses
+//! messages, and [`Subscription::dropped`] says how many.
+
+pub use crate::bindings::portico::plugin::pubsub::Message;
+use crate::bindings::portico::plugin::pubsub::{self, Error};
+use crate::bindings::wasi::io::poll::Pollable;
+use crate::net::Readable;
+
+/// Messages published to one topic since subscribing.
+pub struct Subscription(pubsub::Subscription);
+
+/// Starts receiving what is published to `topic` (dot-separated words).
+pub fn subscribe(topic: &str) -> crate::Result<Subscription> {
+    pubsub::subscribe(topic)
+        .map(Subscription)
+        .map_err(|error| describe(&format!("subscribing to {topic:?}"), error))
+}
+
+/// Sends `payload` to every subscription to `topic`, this connection's own
+/// included.
+pub fn publish(topic: &str, payload: &[u8]) -> crate::Result {
+    pubsub::publish(topic, payload)
+        .map_err(|error| describe(&format!("publishing to {topic:?}"), error))
+}
+
+impl Subscription {
+    /// The oldest message waiting, if any; never waits.
+    pub fn try_receive(&self) -> Option<Message> {
+        self.0.receive()
+    }
+
+    /// How many messages were lost since the last call because this
+    /// subscription's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped()
+    }
+}
+
+impl Readable for Subscription {
+    fn readable(&self) -> Pollable {
+        self.0.subscribe()
+    }
+}
+
+fn describe(what: &str, error: Error) -> crate::Error {
+    match error {
+        Error::AccessDenied => format!("{what}: access denied").into(),
+        Error::Limit(limit) => format!("{what}: limit reached: {limit}").into(),
+        Error::Other(message) => format!("{what}: {message}").into(),
+    }
+}
