@@ -330,21 +330,21 @@ impl Source<'_> {
             );
         }
         let buckets = self.buckets(file, folder)?;
-        if let Some(backend) = file
+        let messaging_backend = file
             .messaging
             .as_ref()
-            .and_then(|table| table.backend.as_ref())
+            .and_then(|table| table.backend.as_ref());
+        if let Some(backend) = messaging_backend
+            && backend.get_ref() != "memory"
         {
-            if backend.get_ref() != "memory" {
-                return Err(self.error(
-                    backend.span(),
-                    "messaging.backend",
-                    format!(
-                        "{:?} is not a messaging backend this host has: write \"memory\"",
-                        backend.get_ref()
-                    ),
-                ));
-            }
+            return Err(self.error(
+                backend.span(),
+                "messaging.backend",
+                format!(
+                    "{:?} is not a messaging backend this host has: write \"memory\"",
+                    backend.get_ref()
+                ),
+            ));
         }
         let mut services = Vec::new();
         let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
