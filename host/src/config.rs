@@ -655,6 +655,7 @@ mod tests {
         assert_eq!(greeter.settings["banner"], "welcome");
         assert!(!greeter.peers.admits("127.0.0.66".parse().unwrap()));
         assert_eq!(greeter.outbound.len(), 3);
+        assert_eq!(greeter.messaging, vec!["rooms.*".parse().unwrap()]);
         assert_eq!(
             greeter.keyvalue[0].backend,
             BackendSpec::File("/srv/../target/portico-state/sessions.db".into())
