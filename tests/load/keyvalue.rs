@@ -5,7 +5,7 @@ use std::thread;
 use crate::util::{Host, TIMEOUT, read_line};
 use crate::{cores, exclusive, under_load};
 
-/// Twice as many plugins as cores fill one memory bucket with 1 MiB values
+/// As many plugins as cores fill one memory bucket with 1 MiB values
 /// at once, beside an echo load: the bucket stops at its byte limit (64 MiB
 /// by default), every filler gets an error, and the host's memory grows by
 /// no more than that.
@@ -15,7 +15,7 @@ fn filling_a_bucket_is_bounded() {
     let host = Host::start("misbehave", &["--allow-keyvalue", "cache"]);
     let before = host.rss_kib();
     let stored: usize = under_load(&host, "plugins filling a bucket with 1 MiB values", || {
-        let fillers: Vec<_> = (0..2 * cores())
+        let fillers: Vec<_> = (0..cores())
             .map(|_| {
                 let addr = host.addr;
                 thread::spawn(move || {
