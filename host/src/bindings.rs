@@ -5,10 +5,10 @@ wasmtime::component::bindgen!({
     path: "../guest-sdk/wit",
     world: "portico:plugin/handler",
     exports: { default: async },
-    // Key-value backends wait on a disk or a Redis server.
+    // Key-value and messaging backends wait on a disk, Redis or NATS.
     imports: {
         "wasi:keyvalue": async | trappable,
-        "portico:plugin/pubsub": trappable,
+        "portico:plugin/pubsub": async | trappable,
     },
     // The WASI interfaces are wasmtime-wasi's, so that its stream and
     // pollable resources are the ones `run` receives.

@@ -223,6 +223,7 @@ impl Args {
                     .collect(),
                 messaging: self.allow_messaging.clone(),
             }],
+            messaging: Default::default(),
         };
         Ok((config, Source::Flags))
     }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::keyvalue::{self, BackendSpec, BucketSpec};
-use crate::messaging::Pattern;
+use crate::messaging::{self, Pattern};
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 
@@ -41,6 +41,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// The services, by name.
     pub services: Vec<Service>,
+    /// Where messages between connections go.
+    pub messaging: messaging::Backend,
 }
 
 /// One service: a plugin, the addresses it serves and how.
@@ -135,6 +137,7 @@ struct File {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MessagingTable {
     backend: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -330,22 +333,7 @@ impl Source<'_> {
             );
         }
         let buckets = self.buckets(file, folder)?;
-        let messaging_backend = file
-            .messaging
-            .as_ref()
-            .and_then(|table| table.backend.as_ref());
-        if let Some(backend) = messaging_backend
-            && backend.get_ref() != "memory"
-        {
-            return Err(self.error(
-                backend.span(),
-                "messaging.backend",
-                format!(
-                    "{:?} is not a messaging backend this host has: write \"memory\"",
-                    backend.get_ref()
-                ),
-            ));
-        }
+        let messaging = self.messaging(file.messaging.as_ref())?;
         let mut services = Vec::new();
         let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
         for (name, table) in &file.services {
@@ -443,7 +431,40 @@ impl Source<'_> {
             log_format,
             cache_dir,
             services,
+            messaging,
         })
+    }
+
+    /// The `[messaging]` table's backend.
+    fn messaging(&self, table: Option<&MessagingTable>) -> Result<messaging::Backend> {
+        let Some(table) = table else {
+            return Ok(messaging::Backend::Memory);
+        };
+        let backend = table.backend.as_ref();
+        match backend.map(|backend| backend.get_ref().as_str()) {
+            None | Some("memory") => Ok(messaging::Backend::Memory),
+            Some("nats") => {
+                let url = table.url.as_ref().ok_or_else(|| {
+                    anyhow!(
+                        "{}: messaging.url: the nats backend needs a url, like nats://127.0.0.1:4222",
+                        self.path.display()
+                    )
+                })?;
+                if !url.get_ref().starts_with("nats://") {
+                    return Err(self.error(
+                        url.span(),
+                        "messaging.url",
+                        format!("{:?} is not a nats:// URL", url.get_ref()),
+                    ));
+                }
+                Ok(messaging::Backend::Nats(url.get_ref().clone()))
+            }
+            Some(other) => Err(self.error(
+                backend.map_or(0..0, |backend| backend.span()),
+                "messaging.backend",
+                format!("{other:?} is not a messaging backend: write \"memory\" or \"nats\""),
+            )),
+        }
     }
 
     /// The `[keyvalue.NAME]` buckets, by name.

@@ -10,7 +10,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
+use anyhow::Context;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
@@ -81,57 +83,180 @@ fn topic_words(topic: &str) -> Option<Vec<&str>> {
     (topic.len() <= MAX_TOPIC && words.iter().all(|word| is_word(word))).then_some(words)
 }
 
-/// Carries messages from publishers to subscriptions, in this process.
-#[derive(Default)]
+/// Where messages go, from the config's `[messaging]` table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Backend {
+    /// Within this process.
+    #[default]
+    Memory,
+    /// Through a NATS server, to every host subscribed to the topic.
+    Nats(String),
+}
+
+/// Carries messages from publishers to subscriptions: within this process,
+/// or through NATS.
 pub struct Broker {
-    topics: Mutex<HashMap<String, Vec<Weak<Queue>>>>,
+    topics: Mutex<HashMap<String, Topic>>,
+    nats: Option<async_nats::Client>,
+}
+
+/// A topic's subscriptions in this process.
+#[derive(Default)]
+struct Topic {
+    queues: Vec<Weak<Queue>>,
+    /// Stops the task that forwards the topic's messages from NATS.
+    forwarding: Option<CancellationToken>,
 }
 
 impl Broker {
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Weak<Queue>>>> {
+    /// A broker for `backend`: connects to NATS if it is that.
+    pub async fn new(backend: &Backend) -> anyhow::Result<Arc<Broker>> {
+        let nats = match backend {
+            Backend::Memory => None,
+            Backend::Nats(url) => Some(
+                async_nats::connect(url.as_str())
+                    .await
+                    .with_context(|| format!("cannot connect to NATS at {url}"))?,
+            ),
+        };
+        Ok(Arc::new(Broker {
+            topics: Mutex::default(),
+            nats,
+        }))
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Topic>> {
         self.topics
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn subscribe(&self, topic: &str, counters: Arc<Counters>) -> Arc<Queue> {
+    async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        counters: Arc<Counters>,
+    ) -> Result<Arc<Queue>, Error> {
         let queue = Arc::new(Queue {
+            topic: topic.to_string(),
+            broker: Arc::downgrade(self),
             state: Mutex::default(),
             ready: Notify::new(),
             counters,
         });
-        let mut topics = self.topics();
-        let subscribers = topics.entry(topic.to_string()).or_default();
-        subscribers.retain(|queue| queue.strong_count() > 0);
-        subscribers.push(Arc::downgrade(&queue));
-        queue
+        let start_forwarding = {
+            let mut topics = self.topics();
+            let entry = topics.entry(topic.to_string()).or_default();
+            entry.queues.retain(|queue| queue.strong_count() > 0);
+            entry.queues.push(Arc::downgrade(&queue));
+            match (&self.nats, &entry.forwarding) {
+                (Some(nats), None) => {
+                    let stop = CancellationToken::new();
+                    entry.forwarding = Some(stop.clone());
+                    Some((nats.clone(), stop))
+                }
+                _ => None,
+            }
+        };
+        if let Some((nats, stop)) = start_forwarding {
+            let subscriber = nats
+                .subscribe(topic.to_string())
+                .await
+                .map_err(|error| Error::Other(format!("NATS: {error}")))?;
+            // Subscribed at the server before the plugin goes on, so that
+            // what is published next reaches it.
+            nats.flush()
+                .await
+                .map_err(|error| Error::Other(format!("NATS: {error}")))?;
+            tokio::spawn(forward(
+                Arc::downgrade(self),
+                topic.to_string(),
+                subscriber,
+                stop,
+            ));
+        }
+        Ok(queue)
     }
 
-    fn publish(&self, message: Arc<Message>) {
-        let subscribers: Vec<Arc<Queue>> = {
-            let mut topics = self.topics();
-            let Some(subscribers) = topics.get_mut(&message.topic) else {
-                return;
-            };
-            subscribers.retain(|queue| queue.strong_count() > 0);
-            if subscribers.is_empty() {
-                topics.remove(&message.topic);
-                return;
+    async fn publish(&self, message: Message) -> Result<(), Error> {
+        match &self.nats {
+            Some(nats) => nats
+                .publish(message.topic, message.payload.into())
+                .await
+                .map_err(|error| Error::Other(format!("NATS: {error}"))),
+            None => {
+                self.deliver(Arc::new(message));
+                Ok(())
             }
-            subscribers.iter().filter_map(Weak::upgrade).collect()
+        }
+    }
+
+    /// Hands `message` to this process's subscriptions to its topic.
+    fn deliver(&self, message: Arc<Message>) {
+        let subscribers: Vec<Arc<Queue>> = match self.topics().get(&message.topic) {
+            Some(topic) => topic.queues.iter().filter_map(Weak::upgrade).collect(),
+            None => return,
         };
         for queue in subscribers {
             queue.push(message.clone());
         }
     }
+
+    /// Forgets `topic` once its last subscription here has gone.
+    fn left(&self, topic: &str) {
+        let mut topics = self.topics();
+        let Some(entry) = topics.get_mut(topic) else {
+            return;
+        };
+        entry.queues.retain(|queue| queue.strong_count() > 0);
+        if entry.queues.is_empty() {
+            if let Some(stop) = &entry.forwarding {
+                stop.cancel();
+            }
+            topics.remove(topic);
+        }
+    }
+}
+
+/// Carries `topic`'s messages from NATS to this process's subscriptions,
+/// until the last of them goes.
+async fn forward(
+    broker: Weak<Broker>,
+    topic: String,
+    mut subscriber: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            message = subscriber.next() => message,
+        };
+        let (Some(message), Some(broker)) = (message, broker.upgrade()) else {
+            return;
+        };
+        broker.deliver(Arc::new(Message {
+            topic: topic.clone(),
+            payload: message.payload.to_vec(),
+        }));
+    }
 }
 
 /// One subscription's messages.
 pub struct Queue {
+    topic: String,
+    broker: Weak<Broker>,
     state: Mutex<QueueState>,
     ready: Notify,
     /// The subscriber's service's counters.
     counters: Arc<Counters>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.left(&self.topic);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -212,24 +337,24 @@ impl ConnMessaging {
     }
 
     /// The broker, if `topic` is a topic the service is granted.
-    fn granted(&self, topic: &str) -> Option<&Broker> {
+    fn granted(&self, topic: &str) -> Option<&Arc<Broker>> {
         let grant = self.grant.as_ref()?;
         let words = topic_words(topic)?;
         grant
             .patterns
             .iter()
             .any(|pattern| pattern.matches(&words))
-            .then_some(&*grant.broker)
+            .then_some(&grant.broker)
     }
 }
 
 impl pubsub::Host for ConnState {
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         topic: String,
     ) -> wasmtime::Result<Result<Resource<Subscription>, Error>> {
         let messaging = &mut self.messaging;
-        let Some(broker) = messaging.granted(&topic) else {
+        let Some(broker) = messaging.granted(&topic).cloned() else {
             count(&messaging.counters.messaging_denied);
             return Ok(Err(Error::AccessDenied));
         };
@@ -238,14 +363,21 @@ impl pubsub::Host for ConnState {
                 "{MAX_SUBSCRIPTIONS} subscriptions per connection"
             ))));
         }
-        let queue = broker.subscribe(&topic, messaging.counters.clone());
+        let queue = match broker.subscribe(&topic, messaging.counters.clone()).await {
+            Ok(queue) => queue,
+            Err(error) => return Ok(Err(error)),
+        };
         messaging.subscriptions += 1;
         Ok(Ok(self.table.push(Subscription(queue))?))
     }
 
-    fn publish(&mut self, topic: String, payload: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let messaging = &self.messaging;
-        let Some(broker) = messaging.granted(&topic) else {
+        let Some(broker) = messaging.granted(&topic).cloned() else {
             count(&messaging.counters.messaging_denied);
             return Ok(Err(Error::AccessDenied));
         };
@@ -255,13 +387,12 @@ impl pubsub::Host for ConnState {
                 payload.len()
             ))));
         }
-        broker.publish(Arc::new(Message { topic, payload }));
-        Ok(Ok(()))
+        Ok(broker.publish(Message { topic, payload }).await)
     }
 }
 
 impl pubsub::HostSubscription for ConnState {
-    fn receive(
+    async fn receive(
         &mut self,
         subscription: Resource<Subscription>,
     ) -> wasmtime::Result<Option<Message>> {
@@ -269,19 +400,19 @@ impl pubsub::HostSubscription for ConnState {
         Ok(queue.pop().map(|message| Message::clone(&message)))
     }
 
-    fn dropped(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<u64> {
+    async fn dropped(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<u64> {
         let queue = &self.table.get(&subscription)?.0;
         Ok(std::mem::take(&mut queue.state().dropped))
     }
 
-    fn subscribe(
+    async fn subscribe(
         &mut self,
         subscription: Resource<Subscription>,
     ) -> wasmtime::Result<Resource<DynPollable>> {
         subscribe(&mut self.table, subscription)
     }
 
-    fn drop(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<()> {
+    async fn drop(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<()> {
         self.table.delete(subscription)?;
         self.messaging.subscriptions -= 1;
         Ok(())
@@ -308,22 +439,21 @@ mod tests {
         assert!(topic_words("rooms.*").is_none());
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts() {
-        let broker = Broker::default();
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let broker = Broker::new(&Backend::Memory).await.unwrap();
         let counters = Arc::new(Counters::default());
-        let queue = broker.subscribe("t", counters.clone());
-        let message = Arc::new(Message {
+        let queue = broker.subscribe("t", counters.clone()).await.unwrap();
+        let message = Message {
             topic: "t".into(),
             payload: vec![0; MAX_PAYLOAD],
-        });
+        };
         for _ in 0..QUEUE_BYTES / MAX_PAYLOAD + 3 {
-            broker.publish(message.clone());
+            broker.publish(message.clone()).await.unwrap();
         }
         assert_eq!(queue.state().messages.len(), QUEUE_BYTES / MAX_PAYLOAD);
         assert_eq!(counters.messages_dropped.load(Relaxed), 3);
         drop(queue);
-        broker.publish(message);
         assert!(
             broker.topics().is_empty(),
             "a topic without subscribers is forgotten"

@@ -132,7 +132,7 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
             .as_deref()
             .map(|dir| Arc::new(Cache::new(dir))),
         ticker: EpochTicker::start()?,
-        broker: Arc::default(),
+        broker: Broker::new(&config.messaging).await?,
         stop: CancellationToken::new(),
         accepting: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -225,6 +225,11 @@ impl Host {
     /// then swaps them all in. On any error, nothing changes.
     async fn apply(self: &Arc<Self>, config: Config) -> Result<String> {
         let mut state = self.state.lock().await;
+        if let Some(running) = &state.config
+            && running.messaging != config.messaging
+        {
+            anyhow::bail!("the [messaging] table changes only with a restart");
+        }
         let mut buckets = HashMap::new();
         for bucket in config.services.iter().flat_map(|spec| &spec.keyvalue) {
             if buckets.contains_key(&bucket.name) {

@@ -19,7 +19,8 @@ mod isolation;
 mod keyvalue;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
-/// Messages between connections: the chat plugin's rooms, and the grant.
+/// Messages between connections: the chat plugin's rooms, the grant, and
+/// two hosts on one NATS server.
 mod messaging;
 /// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.
 mod outbound;

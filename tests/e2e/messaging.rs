@@ -1,9 +1,57 @@
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::services::{Scratch, get, metric};
 use crate::util::{Host, TIMEOUT, read_line};
+
+/// A real `nats-server` on a free loopback port, killed when dropped.
+struct Nats {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian's nats-server package; `cargo xtask test` installs it)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < TIMEOUT, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nats { child, addr }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The chat plugin's shipped config, with its plugin path made absolute,
+/// its port left to the system, and `edit` applied.
+fn chat_config(scratch: &Scratch, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/chat/portico.toml");
+    let text = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace("../../target/wasm32-wasip2/release/chat.wasm", "{chat}")
+        .replace("127.0.0.1:7070", "127.0.0.1:0");
+    scratch.config(&edit(text))
+}
 
 /// A chat client: connected, greeted, and in `room`.
 fn member(host: &Host, nick: &str, room: &str) -> TcpStream {
@@ -23,16 +71,13 @@ fn member(host: &Host, nick: &str, room: &str) -> TcpStream {
 #[test]
 fn chat_rooms_carry_lines_between_connections() {
     let scratch = Scratch::new("chat");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/chat/portico.toml");
-    let text = std::fs::read_to_string(shipped)
-        .unwrap()
-        .replace("../../target/wasm32-wasip2/release/chat.wasm", "{chat}")
-        .replace("127.0.0.1:7070", "127.0.0.1:0")
-        .replace(
+    let config = chat_config(&scratch, |text| {
+        let text = text.replace(
             "messaging = [\"rooms.*\"]",
             "messaging = [\"rooms.lobby\", \"rooms.quiet\"]",
         );
-    let config = scratch.config(&format!("[admin]\nlisten = \"127.0.0.1:0\"\n{text}"));
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{text}")
+    });
     let host = Host::start_config(&config, &[], 1, true);
 
     let mut alice = member(&host, "alice", "lobby");
@@ -59,4 +104,28 @@ fn chat_rooms_carry_lines_between_connections() {
         ),
         1.0
     );
+}
+
+/// Two hosts on one NATS server: a line said on one reaches the room's
+/// members on the other.
+#[test]
+fn chat_rooms_span_hosts_through_nats() {
+    let nats = Nats::start();
+    let scratch = Scratch::new("chat-nats");
+    let config = chat_config(&scratch, |text| {
+        text.replace(
+            "backend = \"memory\"",
+            &format!("backend = \"nats\"\nurl = \"nats://{}\"", nats.addr),
+        )
+    });
+    let first = Host::start_config(&config, &[], 1, false);
+    let second = Host::start_config(&config, &[], 1, false);
+
+    let mut alice = member(&first, "alice", "lobby");
+    let mut bob = member(&second, "bob", "lobby");
+    assert_eq!(read_line(&mut alice), "* bob joined\n");
+    writeln!(alice, "hello from the first host").unwrap();
+    assert_eq!(read_line(&mut bob), "alice: hello from the first host\n");
+    writeln!(bob, "and back from the second").unwrap();
+    assert_eq!(read_line(&mut alice), "bob: and back from the second\n");
 }

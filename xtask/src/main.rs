@@ -90,6 +90,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
     ("redis-benchmark", "redis-tools"),
+    ("nats-server", "nats-server"),
 ];
 
 /// Installs, with apt-get, the packages of the test programs not on PATH.

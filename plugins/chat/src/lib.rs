@@ -3,6 +3,7 @@
 //! this host or (with a NATS backend) another. Each room is the pubsub
 //! topic `rooms.ROOM`, which the service must be granted (`rooms.*`).
 
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Write};
 
 use portico_guest_sdk::net::wait_readable;
@@ -15,7 +16,8 @@ const MAX_LINE: usize = 4096;
 struct Chat;
 
 struct Member {
-    /// Tells this member's own messages apart when they come back.
+    /// Tells this member's own messages apart when they come back: random,
+    /// since connection ids repeat from one host to the next.
     id: u64,
     nick: String,
     room: Option<(String, Subscription)>,
@@ -24,7 +26,8 @@ struct Member {
 impl Handler for Chat {
     fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
         let mut me = Member {
-            id: conn.id(),
+            // Random keys, fresh in every instance: a random number.
+            id: RandomState::new().hash_one(conn.id()),
             nick: format!("guest{}", conn.id()),
             room: None,
         };
