@@ -2,7 +2,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 
-use crate::outbound::{Redis, redis_tool};
+use crate::outbound::{redis, redis_tool};
 use crate::services::{Scratch, get, metric};
 use crate::util::{Host, TIMEOUT, echoes, read_line};
 
@@ -127,7 +127,7 @@ fn a_file_bucket_survives_kill_9() {
 /// real Redis under the bucket's prefix.
 #[test]
 fn a_redis_bucket_is_shared_by_two_hosts() {
-    let redis = Redis::start();
+    let redis = redis();
     let scratch = Scratch::new("redis-kv-redis");
     let config = redis_kv_config(
         &scratch,

@@ -1,46 +1,9 @@
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::services::{Scratch, get, metric};
-use crate::util::{Host, TIMEOUT, read_line};
-
-/// A real `nats-server` on a free loopback port, killed when dropped.
-struct Nats {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian's nats-server package; `cargo xtask test` installs it)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < TIMEOUT, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nats { child, addr }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::util::{Host, Peer, TIMEOUT, read_line};
 
 /// The chat plugin's shipped config, with its plugin path made absolute,
 /// its port left to the system, and `edit` applied.
@@ -110,7 +73,9 @@ fn chat_rooms_carry_lines_between_connections() {
 /// members on the other.
 #[test]
 fn chat_rooms_span_hosts_through_nats() {
-    let nats = Nats::start();
+    let nats = Peer::start("nats-server", |port| {
+        ["-a", "127.0.0.1", "-p", port].map(String::from).to_vec()
+    });
     let scratch = Scratch::new("chat-nats");
     let config = chat_config(&scratch, |text| {
         text.replace(

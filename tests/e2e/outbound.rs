@@ -1,45 +1,27 @@
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Command, Output};
 
 use crate::services::{Scratch, get, metric};
-use crate::util::{Host, TIMEOUT, assert_closed, read_line};
+use crate::util::{Host, Peer, TIMEOUT, assert_closed, read_line};
 
-/// A real `redis-server` on a free loopback port, killed when dropped.
-pub struct Redis {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package; `cargo xtask test` installs it)");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < TIMEOUT, "redis-server did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Redis { child, addr }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real `redis-server`.
+pub fn redis() -> Peer {
+    Peer::start("redis-server", |port| {
+        [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    })
 }
 
 /// Runs a Redis command-line tool against `addr`.
@@ -59,7 +41,7 @@ fn text(output: &Output) -> String {
 
 /// `plugins/tcp-proxy/portico.toml`, as shipped, pointed at `redis`, its
 /// plugin path made absolute and its port left to the system.
-fn shipped_proxy_config(scratch: &Scratch, redis: &Redis) -> std::path::PathBuf {
+fn shipped_proxy_config(scratch: &Scratch, redis: &Peer) -> std::path::PathBuf {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/tcp-proxy/portico.toml");
     let text = std::fs::read_to_string(shipped).unwrap();
     assert!(text.contains("127.0.0.1:6379") && text.contains("127.0.0.1:7000"));
@@ -77,7 +59,7 @@ fn shipped_proxy_config(scratch: &Scratch, redis: &Redis) -> std::path::PathBuf 
 /// Redis, with every request answered and every connection ending well.
 #[test]
 fn the_proxy_carries_redis_clients_to_a_real_redis() {
-    let redis = Redis::start();
+    let redis = redis();
     let scratch = Scratch::new("proxy");
     let host = Host::start_config(&shipped_proxy_config(&scratch, &redis), &[], 1, false);
     let proxy = host.service("proxy");
@@ -125,7 +107,7 @@ fn the_proxy_carries_redis_clients_to_a_real_redis() {
 /// is logged with the connection and the address, and is counted.
 #[test]
 fn outbound_is_refused_unless_granted() {
-    let redis = Redis::start();
+    let redis = redis();
     let scratch = Scratch::new("outbound-refused");
     let config = scratch.config(&format!(
         r#"

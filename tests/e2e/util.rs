@@ -37,6 +37,51 @@ pub fn host_command() -> Command {
     command
 }
 
+/// A free loopback address, for a server the test starts itself.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// A real server the tests talk to (redis-server, nats-server), from
+/// Debian's packages, on a free loopback port; killed when dropped.
+pub struct Peer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Starts `program` with the arguments `args` gives for a port, and
+    /// waits until it listens.
+    pub fn start(program: &str, args: impl FnOnce(&str) -> Vec<String>) -> Peer {
+        let addr = free_addr();
+        let child = Command::new(program)
+            .args(args(&addr.port().to_string()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{program} (from Debian's packages; `cargo xtask test` installs it): {error}"
+                )
+            });
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < TIMEOUT, "{program} did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Peer { child, addr }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running host, stopped (SIGKILL) when dropped.
 pub struct Host {
     child: Child,
@@ -145,6 +190,22 @@ impl Host {
             .find(|(service, _)| service == name)
             .map(|(_, addr)| *addr)
             .unwrap_or_else(|| panic!("no service {name} in {:?}", self.listening))
+    }
+
+    /// The value of metric `series` (name and labels, as the exposition
+    /// writes them) on the admin endpoint.
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut body = String::new();
+        ureq::get(&self.admin_url("/metrics"))
+            .call()
+            .expect("the admin endpoint answers")
+            .body_mut()
+            .as_reader()
+            .read_to_string(&mut body)
+            .unwrap();
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
     }
 
     /// The admin endpoint's URL for `path`.

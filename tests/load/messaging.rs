@@ -1,4 +1,4 @@
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 
@@ -57,23 +57,7 @@ fn publishing_floods_are_bounded() {
     let lines = host.wait_for_lines(&["closed", "CPU budget spent"], cores());
     assert_eq!(lines.len(), cores());
     let grown_mib = host.rss_kib().saturating_sub(before) / 1024;
-    let mut body = String::new();
-    ureq::get(&host.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .as_reader()
-        .read_to_string(&mut body)
-        .unwrap();
-    let dropped: f64 = body
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(r#"portico_messages_dropped_total{service="misbehave"}"#)?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let dropped = host.metric(r#"portico_messages_dropped_total{service="misbehave"}"#);
     println!("messages dropped at full queues: {dropped}; host RSS grew {grown_mib} MiB");
     assert!(dropped > 1000.0, "{dropped}");
     assert!(grown_mib < 32, "RSS grew {grown_mib} MiB");

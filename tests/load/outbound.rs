@@ -1,4 +1,4 @@
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,21 +10,6 @@ use crate::{cores, exclusive, under_load};
 /// once, in these scenarios.
 const PER_CONNECTION: usize = 8;
 const PER_SERVICE: usize = 20;
-
-/// The host's admin `/metrics` value of `series`.
-fn metric(host: &Host, series: &str) -> f64 {
-    let mut body = String::new();
-    ureq::get(&host.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .as_reader()
-        .read_to_string(&mut body)
-        .unwrap();
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-}
 
 fn start_host(granted: &str) -> Host {
     Host::start(
@@ -93,12 +78,7 @@ fn outbound_sockets_are_bounded_per_connection_and_per_service() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        metric(
-            &host,
-            r#"portico_outbound_denied_total{service="misbehave"}"#
-        ) >= 3.0
-    );
+    assert!(host.metric(r#"portico_outbound_denied_total{service="misbehave"}"#) >= 3.0);
 }
 
 /// As many plugins as twice the cores at once, scanning ports, connecting
@@ -146,10 +126,7 @@ fn outbound_scans_and_denied_loops_under_load() {
         },
     );
     host.wait_for_log(&["closed", "CPU budget spent"]);
-    let denied = metric(
-        &host,
-        r#"portico_outbound_denied_total{service="misbehave"}"#,
-    );
+    let denied = host.metric(r#"portico_outbound_denied_total{service="misbehave"}"#);
     let logged = host
         .log()
         .lines()
