@@ -117,6 +117,14 @@ fn describe() {
         "portico_messages_dropped_total",
         "Messages dropped because a subscription's queue was full."
     );
+    describe_counter!(
+        "portico_keyvalue_limit_hits_total",
+        "Key-value operations refused at a limit: key or value size, keys or bytes in a bucket."
+    );
+    describe_counter!(
+        "portico_messaging_limit_hits_total",
+        "Subscriptions and publications refused at a limit: subscriptions per connection, payload size."
+    );
     describe_gauge!(
         "portico_plugin_info",
         "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
@@ -218,6 +226,10 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.messaging_denied));
     counter!("portico_messages_dropped_total", "service" => label())
         .absolute(get(&counters.messages_dropped));
+    counter!("portico_keyvalue_limit_hits_total", "service" => label())
+        .absolute(get(&counters.keyvalue_limit_hits));
+    counter!("portico_messaging_limit_hits_total", "service" => label())
+        .absolute(get(&counters.messaging_limit_hits));
 }
 
 /// Records a connection's end: how long it lasted and, if its plugin was

@@ -67,6 +67,10 @@ counters! {
     messaging_denied,
     /// Messages dropped because a subscription's queue was full.
     messages_dropped,
+    /// Key-value operations refused at a limit (key, value, bucket size).
+    keyvalue_limit_hits,
+    /// Subscriptions and publications refused at a limit.
+    messaging_limit_hits,
     /// Bytes received from clients, counted as connections close.
     bytes_in,
     /// Bytes sent to clients, counted as connections close.

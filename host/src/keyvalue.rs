@@ -24,6 +24,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use wasmtime::component::Resource;
 
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::outbound::Capability;
 use crate::sandbox::ConnState;
 
 /// Largest key, in bytes.
@@ -77,11 +78,11 @@ impl Memory {
     fn set(&mut self, key: &str, value: Vec<u8>, max_keys: u64, max_bytes: u64) -> KvResult<()> {
         let old = self.entries.get(key).map(|old| key.len() + old.len());
         if old.is_none() && self.entries.len() as u64 >= max_keys {
-            return Err(other(format!("bucket full: {max_keys} keys")));
+            return Err(limit(format!("bucket full: {max_keys} keys")));
         }
         let bytes = self.bytes - old.unwrap_or(0) as u64 + (key.len() + value.len()) as u64;
         if bytes > max_bytes {
-            return Err(other(format!("bucket full: {max_bytes} bytes")));
+            return Err(limit(format!("bucket full: {max_bytes} bytes")));
         }
         self.bytes = bytes;
         self.entries.insert(key.to_string(), value);
@@ -89,16 +90,40 @@ impl Memory {
     }
 }
 
-/// What a plugin is told when an operation fails.
-type KvResult<T> = std::result::Result<T, store::Error>;
+/// Why an operation failed: a limit (counted and logged, see
+/// [`ConnState::answer`]), or anything else.
+#[derive(Debug)]
+pub enum KvError {
+    Limit(String),
+    Failed(String),
+}
 
-fn other(problem: impl std::fmt::Display) -> store::Error {
-    store::Error::Other(problem.to_string())
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Limit(problem) | KvError::Failed(problem) => f.write_str(problem),
+        }
+    }
+}
+
+impl std::error::Error for KvError {}
+
+type KvResult<T> = std::result::Result<T, KvError>;
+
+/// What a plugin is told when an operation fails.
+type WitResult<T> = std::result::Result<T, store::Error>;
+
+fn other(problem: impl std::fmt::Display) -> KvError {
+    KvError::Failed(problem.to_string())
+}
+
+fn limit(problem: impl std::fmt::Display) -> KvError {
+    KvError::Limit(problem.to_string())
 }
 
 fn check_key(key: &str) -> KvResult<()> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(other(format!(
+        return Err(limit(format!(
             "key of {} bytes, more than the {MAX_KEY_BYTES} allowed",
             key.len()
         )));
@@ -108,7 +133,7 @@ fn check_key(key: &str) -> KvResult<()> {
 
 fn check_value(value: &[u8]) -> KvResult<()> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(other(format!(
+        return Err(limit(format!(
             "value of {} bytes, more than the {MAX_VALUE_BYTES} allowed",
             value.len()
         )));
@@ -186,7 +211,10 @@ impl Bucket {
         tokio::task::spawn_blocking(move || work(&db, TableDefinition::new(&name)))
             .await
             .map_err(other)?
-            .map_err(|error| other(format!("{error:#}")))
+            .map_err(|error| match error.downcast::<KvError>() {
+                Ok(error) => error,
+                Err(error) => other(format!("{error:#}")),
+            })
     }
 
     pub async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
@@ -227,7 +255,7 @@ impl Bucket {
                     {
                         let mut table = write.open_table(table)?;
                         if table.get(key.as_str())?.is_none() && table.len()? >= max_keys {
-                            anyhow::bail!("bucket full: {max_keys} keys");
+                            return Err(limit(format!("bucket full: {max_keys} keys")).into());
                         }
                         table.insert(key.as_str(), value.as_slice())?;
                     }
@@ -373,10 +401,9 @@ impl Bucket {
                         let mut table = write.open_table(table)?;
                         let old = table.get(key.as_str())?.map(|value| value.value().to_vec());
                         if old.is_none() && table.len()? >= max_keys {
-                            anyhow::bail!("bucket full: {max_keys} keys");
+                            return Err(limit(format!("bucket full: {max_keys} keys")).into());
                         }
-                        let new =
-                            add(old.as_deref()).map_err(|error| anyhow::anyhow!("{error:?}"))?;
+                        let new = add(old.as_deref())?;
                         table.insert(key.as_str(), new.to_string().as_bytes())?;
                         new
                     };
@@ -408,6 +435,17 @@ pub type Granted = HashMap<String, Arc<Bucket>>;
 pub struct OpenBucket(Arc<Bucket>);
 
 impl ConnState {
+    /// What the plugin is told of `result`; a limit it reached is also
+    /// counted and logged.
+    pub fn answer<T>(&self, result: KvResult<T>) -> WitResult<T> {
+        result.map_err(|error| {
+            if let KvError::Limit(problem) = &error {
+                self.outbound.limit_hit(Capability::KeyValue, problem);
+            }
+            store::Error::Other(error.to_string())
+        })
+    }
+
     /// The bucket behind a plugin's handle.
     pub fn open_bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
         self.bucket(bucket)
@@ -422,7 +460,7 @@ impl store::Host for ConnState {
     async fn open(
         &mut self,
         identifier: String,
-    ) -> wasmtime::Result<KvResult<Resource<OpenBucket>>> {
+    ) -> wasmtime::Result<WitResult<Resource<OpenBucket>>> {
         let Some(bucket) = self.buckets.get(&identifier).cloned() else {
             self.outbound.refuse_bucket(&identifier);
             return Ok(Err(store::Error::AccessDenied));
@@ -436,8 +474,9 @@ impl store::HostBucket for ConnState {
         &mut self,
         bucket: Resource<OpenBucket>,
         key: String,
-    ) -> wasmtime::Result<KvResult<Option<Vec<u8>>>> {
-        Ok(self.bucket(&bucket)?.get(&key).await)
+    ) -> wasmtime::Result<WitResult<Option<Vec<u8>>>> {
+        let result = self.bucket(&bucket)?.get(&key).await;
+        Ok(self.answer(result))
     }
 
     async fn set(
@@ -445,36 +484,36 @@ impl store::HostBucket for ConnState {
         bucket: Resource<OpenBucket>,
         key: String,
         value: Vec<u8>,
-    ) -> wasmtime::Result<KvResult<()>> {
-        Ok(self.bucket(&bucket)?.set(&key, value).await)
+    ) -> wasmtime::Result<WitResult<()>> {
+        let result = self.bucket(&bucket)?.set(&key, value).await;
+        Ok(self.answer(result))
     }
 
     async fn delete(
         &mut self,
         bucket: Resource<OpenBucket>,
         key: String,
-    ) -> wasmtime::Result<KvResult<()>> {
-        Ok(self.bucket(&bucket)?.delete(&key).await)
+    ) -> wasmtime::Result<WitResult<()>> {
+        let result = self.bucket(&bucket)?.delete(&key).await;
+        Ok(self.answer(result))
     }
 
     async fn exists(
         &mut self,
         bucket: Resource<OpenBucket>,
         key: String,
-    ) -> wasmtime::Result<KvResult<bool>> {
-        Ok(self.bucket(&bucket)?.exists(&key).await)
+    ) -> wasmtime::Result<WitResult<bool>> {
+        let result = self.bucket(&bucket)?.exists(&key).await;
+        Ok(self.answer(result))
     }
 
     async fn list_keys(
         &mut self,
         bucket: Resource<OpenBucket>,
         cursor: Option<u64>,
-    ) -> wasmtime::Result<KvResult<store::KeyResponse>> {
-        Ok(self
-            .bucket(&bucket)?
-            .list_keys(cursor)
-            .await
-            .map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
+    ) -> wasmtime::Result<WitResult<store::KeyResponse>> {
+        let listed = self.bucket(&bucket)?.list_keys(cursor).await;
+        Ok(self.answer(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor })))
     }
 
     async fn drop(&mut self, bucket: Resource<OpenBucket>) -> wasmtime::Result<()> {
@@ -489,16 +528,17 @@ impl atomics::Host for ConnState {
         bucket: Resource<OpenBucket>,
         key: String,
         delta: u64,
-    ) -> wasmtime::Result<KvResult<u64>> {
-        Ok(self.bucket(&bucket)?.increment(&key, delta).await)
+    ) -> wasmtime::Result<WitResult<u64>> {
+        let result = self.bucket(&bucket)?.increment(&key, delta).await;
+        Ok(self.answer(result))
     }
 }
 
 /// Most keys one batch call may name: each is a backend operation.
 pub const MAX_BATCH: usize = 1000;
 
-pub fn too_many_keys() -> store::Error {
-    other(format!("more than {MAX_BATCH} keys in one call"))
+pub fn too_many_keys() -> KvError {
+    limit(format!("more than {MAX_BATCH} keys in one call"))
 }
 
 impl batch::Host for ConnState {
@@ -506,18 +546,16 @@ impl batch::Host for ConnState {
         &mut self,
         bucket: Resource<OpenBucket>,
         keys: Vec<String>,
-    ) -> wasmtime::Result<KvResult<Vec<Option<(String, Vec<u8>)>>>> {
+    ) -> wasmtime::Result<WitResult<Vec<Option<(String, Vec<u8>)>>>> {
         if keys.len() > MAX_BATCH {
-            return Ok(Err(other(format!(
-                "more than {MAX_BATCH} keys in one call"
-            ))));
+            return Ok(self.answer(Err(too_many_keys())));
         }
         let bucket = self.bucket(&bucket)?;
         let mut values = Vec::with_capacity(keys.len());
         for key in keys {
             match bucket.get(&key).await {
                 Ok(value) => values.push(value.map(|value| (key, value))),
-                Err(error) => return Ok(Err(error)),
+                Err(error) => return Ok(self.answer(Err(error))),
             }
         }
         Ok(Ok(values))
@@ -527,16 +565,14 @@ impl batch::Host for ConnState {
         &mut self,
         bucket: Resource<OpenBucket>,
         entries: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<KvResult<()>> {
+    ) -> wasmtime::Result<WitResult<()>> {
         if entries.len() > MAX_BATCH {
-            return Ok(Err(other(format!(
-                "more than {MAX_BATCH} keys in one call"
-            ))));
+            return Ok(self.answer(Err(too_many_keys())));
         }
         let bucket = self.bucket(&bucket)?;
         for (key, value) in entries {
             if let Err(error) = bucket.set(&key, value).await {
-                return Ok(Err(error));
+                return Ok(self.answer(Err(error)));
             }
         }
         Ok(Ok(()))
@@ -546,16 +582,14 @@ impl batch::Host for ConnState {
         &mut self,
         bucket: Resource<OpenBucket>,
         keys: Vec<String>,
-    ) -> wasmtime::Result<KvResult<()>> {
+    ) -> wasmtime::Result<WitResult<()>> {
         if keys.len() > MAX_BATCH {
-            return Ok(Err(other(format!(
-                "more than {MAX_BATCH} keys in one call"
-            ))));
+            return Ok(self.answer(Err(too_many_keys())));
         }
         let bucket = self.bucket(&bucket)?;
         for key in keys {
             if let Err(error) = bucket.delete(&key).await {
-                return Ok(Err(error));
+                return Ok(self.answer(Err(error)));
             }
         }
         Ok(Ok(()))

@@ -18,6 +18,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use crate::bindings::portico::plugin::pubsub::{self, Error, Message};
 use crate::counters::{Counters, count};
+use crate::outbound::Capability;
 use crate::sandbox::ConnState;
 
 /// Largest payload, in bytes.
@@ -359,9 +360,9 @@ impl pubsub::Host for ConnState {
             return Ok(Err(Error::AccessDenied));
         };
         if messaging.subscriptions >= MAX_SUBSCRIPTIONS {
-            return Ok(Err(Error::Limit(format!(
-                "{MAX_SUBSCRIPTIONS} subscriptions per connection"
-            ))));
+            let problem = format!("{MAX_SUBSCRIPTIONS} subscriptions per connection");
+            self.outbound.limit_hit(Capability::Messaging, &problem);
+            return Ok(Err(Error::Limit(problem)));
         }
         let queue = match broker.subscribe(&topic, messaging.counters.clone()).await {
             Ok(queue) => queue,
@@ -382,10 +383,12 @@ impl pubsub::Host for ConnState {
             return Ok(Err(Error::AccessDenied));
         };
         if payload.len() > MAX_PAYLOAD {
-            return Ok(Err(Error::Limit(format!(
+            let problem = format!(
                 "payload of {} bytes, more than the {MAX_PAYLOAD} allowed",
                 payload.len()
-            ))));
+            );
+            self.outbound.limit_hit(Capability::Messaging, &problem);
+            return Ok(Err(Error::Limit(problem)));
         }
         Ok(broker.publish(Message { topic, payload }).await)
     }

@@ -32,8 +32,9 @@ use crate::untrusted::Untrusted;
 /// Name lookups one connection may make; each may send DNS queries.
 const MAX_LOOKUPS: u32 = 16;
 
-/// Denials logged per connection: a plugin retrying in a loop is counted in
-/// full (`portico_outbound_denied_total`) but cannot flood the log.
+/// Denials and limit hits logged per connection: a plugin retrying in a
+/// loop is counted in full (`portico_outbound_denied_total` and the others)
+/// but cannot flood the log.
 const MAX_LOGGED_DENIALS: u32 = 8;
 
 /// One entry of `grants.outbound`: a host (an address, a network, a name,
@@ -226,6 +227,14 @@ enum Denied<'a> {
     ServiceSocketLimit(u32),
     Listen(&'static str),
     Bucket(&'a str),
+    Limit(Capability, &'a str),
+}
+
+/// A capability whose limits a plugin can reach.
+#[derive(Clone, Copy)]
+pub enum Capability {
+    KeyValue,
+    Messaging,
 }
 
 impl ConnOutbound {
@@ -259,6 +268,8 @@ impl ConnOutbound {
     fn deny(&self, why: Denied<'_>) -> bool {
         match why {
             Denied::Bucket(_) => count(&self.counters.keyvalue_denied),
+            Denied::Limit(Capability::KeyValue, _) => count(&self.counters.keyvalue_limit_hits),
+            Denied::Limit(Capability::Messaging, _) => count(&self.counters.messaging_limit_hits),
             _ => count(&self.counters.outbound_denied),
         }
         {
@@ -303,6 +314,12 @@ impl ConnOutbound {
                 bucket = %Untrusted(name),
                 "key-value bucket denied: not in the service's grant"
             ),
+            Denied::Limit(Capability::KeyValue, problem) => {
+                tracing::warn!(service, conn, "key-value limit reached: {problem}")
+            }
+            Denied::Limit(Capability::Messaging, problem) => {
+                tracing::warn!(service, conn, "messaging limit reached: {problem}")
+            }
             Denied::Listen(what) => tracing::warn!(
                 service,
                 conn,
@@ -343,6 +360,11 @@ impl ConnOutbound {
     /// Refuses an explicit `bind` or `listen`.
     pub fn refuse(&self, what: &'static str) {
         self.deny(Denied::Listen(what));
+    }
+
+    /// Records that the plugin reached a limit of `capability`.
+    pub fn limit_hit(&self, capability: Capability, problem: &str) {
+        self.deny(Denied::Limit(capability, problem));
     }
 
     /// Refuses to open bucket `name`, which the service was not granted.

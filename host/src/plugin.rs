@@ -248,7 +248,8 @@ fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
             Box::new(async move {
                 let value = value.as_le_slice(&store).to_vec();
                 let bucket = store.data_mut().open_bucket(&bucket)?;
-                Ok((bucket.set(&key, value).await,))
+                let set = bucket.set(&key, value).await;
+                Ok((store.data().answer(set),))
             })
         },
     )?;
@@ -257,7 +258,7 @@ fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
         |mut store, (bucket, entries): (Resource<OpenBucket>, WasmList<(String, WasmList<u8>)>)| {
             Box::new(async move {
                 if entries.len() > MAX_BATCH {
-                    return Ok((Err(too_many_keys()),));
+                    return Ok((store.data().answer(Err(too_many_keys())),));
                 }
                 let entries: Vec<(String, WasmList<u8>)> =
                     entries.iter(&mut store)?.collect::<Result<_>>()?;
@@ -268,7 +269,7 @@ fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
                 let bucket = store.data_mut().open_bucket(&bucket)?;
                 for (key, value) in entries {
                     if let Err(error) = bucket.set(&key, value).await {
-                        return Ok((Err(error),));
+                        return Ok((store.data().answer(Err(error)),));
                     }
                 }
                 Ok((Ok(()),))

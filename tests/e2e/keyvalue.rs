@@ -190,9 +190,16 @@ fn buckets_are_granted_and_bounded() {
         "{filled}"
     );
 
+    host.wait_for_log(&["key-value limit reached: bucket full: 3 keys", "conn="]);
+
     let (_, metrics) = get(&host.admin_url("/metrics"));
+    let series = |name: &str| format!(r#"{name}{{service="kv"}}"#);
     assert_eq!(
-        metric(&metrics, r#"portico_keyvalue_denied_total{service="kv"}"#),
+        metric(&metrics, &series("portico_keyvalue_denied_total")),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, &series("portico_keyvalue_limit_hits_total")),
         1.0
     );
 }

@@ -12,7 +12,10 @@ use crate::{cores, exclusive, under_load};
 #[test]
 fn filling_a_bucket_is_bounded() {
     let _turn = exclusive();
-    let host = Host::start("misbehave", &["--allow-keyvalue", "cache"]);
+    let host = Host::start(
+        "misbehave",
+        &["--allow-keyvalue", "cache", "--admin", "127.0.0.1:0"],
+    );
     let before = host.rss_kib();
     let stored: usize = under_load(&host, "plugins filling a bucket with 1 MiB values", || {
         let fillers: Vec<_> = (0..cores())
@@ -40,4 +43,6 @@ fn filling_a_bucket_is_bounded() {
     println!("values stored by all fillers: {stored}; host RSS grew {grown_mib} MiB");
     assert_eq!(stored, 63, "64 MiB of 1 MiB values and their keys");
     assert!(grown_mib < 64 + 32, "RSS grew {grown_mib} MiB");
+    let limit_hits = host.metric(r#"portico_keyvalue_limit_hits_total{service="misbehave"}"#);
+    assert_eq!(limit_hits, cores() as f64, "one full bucket per filler");
 }

@@ -39,6 +39,7 @@ fn publishing_floods_are_bounded() {
         writeln!(many, "subscribe-many flood.many").unwrap();
         let answer = read_line(&mut many);
         assert!(answer.starts_with("subscribed 16: "), "{answer}");
+        host.wait_for_log(&["messaging limit reached: 16 subscriptions per connection"]);
         let publishers: Vec<_> = (0..cores())
             .map(|_| {
                 let addr = host.addr;
@@ -60,6 +61,8 @@ fn publishing_floods_are_bounded() {
     let dropped = host.metric(r#"portico_messages_dropped_total{service="misbehave"}"#);
     println!("messages dropped at full queues: {dropped}; host RSS grew {grown_mib} MiB");
     assert!(dropped > 1000.0, "{dropped}");
+    let limit_hits = host.metric(r#"portico_messaging_limit_hits_total{service="misbehave"}"#);
+    assert_eq!(limit_hits, 1.0, "the 17th subscription");
     assert!(grown_mib < 32, "RSS grew {grown_mib} MiB");
     drop(idle);
 }
