@@ -106,6 +106,10 @@ fn describe() {
         "Outbound sockets, connects and name lookups refused by the service's grant or limits."
     );
     describe_counter!(
+        "portico_outbound_connect_timeouts_total",
+        "Outbound connects that got no answer within the connect timeout."
+    );
+    describe_counter!(
         "portico_keyvalue_denied_total",
         "Key-value buckets plugins tried to open without a grant."
     );
@@ -220,6 +224,8 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.memory_limit_hits));
     counter!("portico_outbound_denied_total", "service" => label())
         .absolute(get(&counters.outbound_denied));
+    counter!("portico_outbound_connect_timeouts_total", "service" => label())
+        .absolute(get(&counters.outbound_connect_timeouts));
     counter!("portico_keyvalue_denied_total", "service" => label())
         .absolute(get(&counters.keyvalue_denied));
     counter!("portico_messaging_denied_total", "service" => label())

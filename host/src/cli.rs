@@ -173,6 +173,11 @@ pub struct Args {
         conflicts_with = "config_file"
     )]
     pub max_outbound_sockets_per_service: u32,
+
+    /// How long a plugin's outbound connect may take; then it fails with
+    /// `timeout`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
+    pub connect_timeout: Duration,
 }
 
 impl Args {
@@ -242,8 +247,11 @@ impl Args {
                 config::MAX_MEMORY_MIB
             );
         }
-        if self.cpu_budget.is_zero() || self.idle_timeout.is_zero() {
-            bail!("--cpu-budget and --idle-timeout must be longer than zero");
+        if self.cpu_budget.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+        {
+            bail!("--cpu-budget, --idle-timeout and --connect-timeout must be longer than zero");
         }
         Ok(Limits {
             max_connections: self.max_connections,
@@ -256,6 +264,7 @@ impl Args {
             drain_timeout: self.drain_timeout,
             max_outbound_sockets: self.max_outbound_sockets,
             max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
+            connect_timeout: self.connect_timeout,
         })
     }
 }

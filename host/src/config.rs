@@ -113,6 +113,7 @@ pub fn default_limits() -> Limits {
         drain_timeout: Duration::from_secs(30),
         max_outbound_sockets: 8,
         max_outbound_sockets_per_service: 1024,
+        connect_timeout: Duration::from_secs(10),
     }
 }
 
@@ -180,6 +181,7 @@ macro_rules! with_limit_keys {
             log_lines_per_second: Option<Spanned<i64>>,
             max_outbound_sockets: Option<Spanned<i64>>,
             max_outbound_sockets_per_service: Option<Spanned<i64>>,
+            connect_timeout: Option<Spanned<String>>,
         }
 
         impl $name {
@@ -196,6 +198,7 @@ macro_rules! with_limit_keys {
                     max_outbound_sockets_per_service: self
                         .max_outbound_sockets_per_service
                         .as_ref(),
+                    connect_timeout: self.connect_timeout.as_ref(),
                 }
             }
         }
@@ -242,6 +245,7 @@ struct LimitKeys<'a> {
     log_lines_per_second: Option<&'a Spanned<i64>>,
     max_outbound_sockets: Option<&'a Spanned<i64>>,
     max_outbound_sockets_per_service: Option<&'a Spanned<i64>>,
+    connect_timeout: Option<&'a Spanned<String>>,
 }
 
 /// Turns spans of the file into `PATH:LINE: KEY: PROBLEM` errors.
@@ -562,6 +566,9 @@ impl Source<'_> {
         if let Some(n) = keys.max_outbound_sockets_per_service {
             base.max_outbound_sockets_per_service =
                 self.count(n, &key("max-outbound-sockets-per-service"), 0..=1_000_000)?;
+        }
+        if let Some(text) = keys.connect_timeout {
+            base.connect_timeout = self.positive_duration(text, &key("connect-timeout"))?;
         }
         Ok(base)
     }

@@ -61,6 +61,8 @@ counters! {
     log_lines_dropped,
     /// Outbound sockets, connects and name lookups refused.
     outbound_denied,
+    /// Outbound connects that failed for taking longer than the timeout.
+    outbound_connect_timeouts,
     /// Key-value buckets a plugin tried to open without a grant.
     keyvalue_denied,
     /// Topics a plugin tried to publish or subscribe to without a grant.

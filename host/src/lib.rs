@@ -36,6 +36,7 @@ pub mod bindings;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connects;
 pub mod counters;
 pub mod keyvalue;
 pub mod messaging;

@@ -228,6 +228,7 @@ enum Denied<'a> {
     Listen(&'static str),
     Bucket(&'a str),
     Limit(Capability, &'a str),
+    ConnectTimeout,
 }
 
 /// A capability whose limits a plugin can reach.
@@ -270,6 +271,7 @@ impl ConnOutbound {
             Denied::Bucket(_) => count(&self.counters.keyvalue_denied),
             Denied::Limit(Capability::KeyValue, _) => count(&self.counters.keyvalue_limit_hits),
             Denied::Limit(Capability::Messaging, _) => count(&self.counters.messaging_limit_hits),
+            Denied::ConnectTimeout => count(&self.counters.outbound_connect_timeouts),
             _ => count(&self.counters.outbound_denied),
         }
         {
@@ -325,6 +327,11 @@ impl ConnOutbound {
                 conn,
                 "outbound {what} denied: plugins may not accept connections of their own"
             ),
+            Denied::ConnectTimeout => tracing::warn!(
+                service,
+                conn,
+                "outbound connect timed out: no answer within the connect timeout"
+            ),
             Denied::ServiceSocketLimit(limit) => tracing::warn!(
                 service,
                 conn,
@@ -365,6 +372,11 @@ impl ConnOutbound {
     /// Records that the plugin reached a limit of `capability`.
     pub fn limit_hit(&self, capability: Capability, problem: &str) {
         self.deny(Denied::Limit(capability, problem));
+    }
+
+    /// Records that a connect took longer than the connect timeout.
+    pub fn connect_timed_out(&self) {
+        self.deny(Denied::ConnectTimeout);
     }
 
     /// Refuses to open bucket `name`, which the service was not granted.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use std::net::IpAddr;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker, Resource, WasmList};
+use wasmtime::component::{Component, Linker, Resource, ResourceType, WasmList};
 use wasmtime::error::Context;
 use wasmtime::{Engine, Result, bail, format_err};
 
@@ -17,7 +17,7 @@ use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressS
 use wasmtime_wasi::p2::bindings::sockets::network::{
     ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress,
 };
-use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::bindings::sockets::{tcp, tcp_create_socket};
 use wasmtime_wasi::p2::{DynPollable, Network, SocketError, TcpSocket};
 use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
@@ -132,11 +132,15 @@ impl Plugin {
 /// them, and would make the host copy and walk it in one go.
 const MAX_POLL_LIST: usize = MAX_RESOURCES;
 
-/// Replaces wasmtime-wasi's `poll` with one that refuses (traps on) a list
-/// longer than [`MAX_POLL_LIST`] before reading it from the plugin's memory.
+/// Replaces wasmtime-wasi's waits with ones that refuse (trap on) a list
+/// longer than [`MAX_POLL_LIST`] before reading it from the plugin's
+/// memory, and that end at the deadline of a connecting socket
+/// ([`crate::connects`]): the plugin then sees that socket's pollable ready,
+/// and `finish-connect` tells it the connect timed out.
 fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(true);
-    linker.instance(POLL_INTERFACE)?.func_wrap_async(
+    let mut poll = linker.instance(POLL_INTERFACE)?;
+    poll.func_wrap_async(
         "poll",
         |mut store, (list,): (WasmList<Resource<DynPollable>>,)| {
             Box::new(async move {
@@ -147,9 +151,73 @@ fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
                     );
                 }
                 let pollables = list.iter(&mut store)?.collect::<Result<Vec<_>>>()?;
-                let table = &mut store.data_mut().table;
-                Ok((poll::Host::poll(table, pollables).await?,))
+                let state = store.data_mut();
+                let reps: Vec<u32> = pollables.iter().map(Resource::rep).collect();
+                let Some(deadline) = state.connects.earliest(&reps) else {
+                    return Ok((poll::Host::poll(&mut state.table, pollables).await?,));
+                };
+                let waited = tokio::time::timeout_at(
+                    deadline,
+                    poll::Host::poll(&mut state.table, pollables),
+                )
+                .await;
+                match waited {
+                    Ok(ready) => Ok((ready?,)),
+                    Err(_) => {
+                        let due = (0..)
+                            .zip(&reps)
+                            .filter(|(_, rep)| {
+                                state
+                                    .connects
+                                    .deadline(**rep)
+                                    .is_some_and(|due| due <= deadline)
+                            })
+                            .map(|(index, _)| index)
+                            .collect();
+                        Ok((due,))
+                    }
+                }
             })
+        },
+    )?;
+    poll.func_wrap_async(
+        "[method]pollable.block",
+        |mut store, (pollable,): (Resource<DynPollable>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let deadline = state.connects.deadline(pollable.rep());
+                let block = poll::HostPollable::block(&mut state.table, pollable);
+                match deadline {
+                    None => block.await?,
+                    Some(deadline) => tokio::time::timeout_at(deadline, block)
+                        .await
+                        .unwrap_or(Ok(()))?,
+                }
+                Ok(())
+            })
+        },
+    )?;
+    poll.func_wrap_async(
+        "[method]pollable.ready",
+        |mut store, (pollable,): (Resource<DynPollable>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let due = state
+                    .connects
+                    .deadline(pollable.rep())
+                    .is_some_and(|deadline| deadline <= tokio::time::Instant::now());
+                let ready = due || poll::HostPollable::ready(&mut state.table, pollable).await?;
+                Ok((ready,))
+            })
+        },
+    )?;
+    poll.resource(
+        "pollable",
+        ResourceType::host::<DynPollable>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.connects.pollable_dropped(rep);
+            poll::HostPollable::drop(&mut state.table, Resource::new_own(rep))
         },
     )?;
     linker.allow_shadowing(false);
@@ -160,8 +228,9 @@ fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
 /// lookups ([`crate::outbound`] decides): creating a socket counts against
 /// the limits, a lookup needs a rule that names the name, and bind and
 /// listen are refused outright, since a plugin serves the connection the
-/// host accepted and accepts none of its own. (Connects are checked by
-/// wasmtime-wasi itself, through the store's socket address check.)
+/// host accepted and accepts none of its own. Connects are checked by
+/// wasmtime-wasi itself, through the store's socket address check; the
+/// host only gives them a deadline ([`crate::connects`]).
 fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.instance(TCP_CREATE_SOCKET_INTERFACE)?.func_wrap(
@@ -192,6 +261,59 @@ fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
         |store, _: (Resource<TcpSocket>,)| {
             store.data().outbound.refuse("listen");
             Ok((Err::<(), _>(ErrorCode::AccessDenied),))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.start-connect",
+        |mut store, (socket, network, address): (Resource<TcpSocket>, Resource<Network>, IpSocketAddress)| {
+            let state = store.data_mut();
+            let rep = socket.rep();
+            let started = tcp::HostTcpSocket::start_connect(&mut state.sockets(), socket, network, address);
+            let started = error_code(started)?;
+            if started.is_ok() {
+                state.connects.started(rep);
+            }
+            Ok((started,))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.finish-connect",
+        |mut store, (socket,): (Resource<TcpSocket>,)| {
+            let state = store.data_mut();
+            let rep = socket.rep();
+            if state.connects.timed_out(rep) {
+                if state.connects.report_timeout(rep) {
+                    state.outbound.connect_timed_out();
+                }
+                return Ok((Err(ErrorCode::Timeout),));
+            }
+            let finished = error_code(tcp::HostTcpSocket::finish_connect(
+                &mut state.sockets(),
+                socket,
+            ))?;
+            if !matches!(finished, Err(ErrorCode::WouldBlock)) {
+                state.connects.ended(rep);
+            }
+            Ok((finished,))
+        },
+    )?;
+    tcp.func_wrap(
+        "[method]tcp-socket.subscribe",
+        |mut store, (socket,): (Resource<TcpSocket>,)| {
+            let state = store.data_mut();
+            let rep = socket.rep();
+            let pollable = tcp::HostTcpSocket::subscribe(&mut state.sockets(), socket)?;
+            state.connects.subscribed(rep, pollable.rep());
+            Ok((pollable,))
+        },
+    )?;
+    tcp.resource(
+        "tcp-socket",
+        ResourceType::host::<TcpSocket>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.connects.ended(rep);
+            tcp::HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
         },
     )?;
     let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;

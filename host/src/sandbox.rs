@@ -35,6 +35,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::bindings::{ConnectionInfo, Handler};
+use crate::connects::Connects;
 use crate::counters::{Counters, count};
 use crate::keyvalue::Granted;
 use crate::messaging::{self, ConnMessaging};
@@ -107,6 +108,8 @@ pub struct Limits {
     pub max_outbound_sockets: u32,
     /// Outbound sockets the service's connections may hold at once.
     pub max_outbound_sockets_per_service: u32,
+    /// How long an outbound connect may take before it fails with `timeout`.
+    pub connect_timeout: Duration,
 }
 
 /// Builds the engine shared by every connection: a pooling allocator sized
@@ -218,6 +221,7 @@ pub struct ConnState {
     pub(crate) table: ResourceTable,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) outbound: Arc<ConnOutbound>,
+    pub(crate) connects: Connects,
     /// The key-value buckets the plugin may open.
     pub(crate) buckets: Arc<Granted>,
     pub(crate) messaging: ConnMessaging,
@@ -344,6 +348,7 @@ impl Sandbox {
             table,
             config: self.plugin.config.clone(),
             outbound,
+            connects: Connects::new(self.limits.connect_timeout),
             buckets: self.buckets.clone(),
             messaging: ConnMessaging::new(self.messaging.clone(), self.counters.clone()),
             memory: MemoryLimit {

@@ -2,6 +2,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::services::{Scratch, get, metric};
 use crate::util::{Host, Peer, TIMEOUT, assert_closed, read_line};
@@ -164,4 +165,64 @@ fn outbound_is_refused_unless_granted() {
         let series = format!(r#"portico_outbound_denied_total{{service="{service}"}}"#);
         assert_eq!(metric(&metrics, &series), 1.0, "{service}");
     }
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs,
+/// so a connect to it waits until the connecting side gives up.
+fn unanswering_listener() -> (socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let queued = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+        .collect();
+    (listener, queued)
+}
+
+/// A plugin's blocking connect (Rust's std, no timeout of its own) to an
+/// address that never answers fails with `timeout` at the host's connect
+/// timeout, not the operating system's two minutes; logged and counted.
+#[test]
+fn a_connect_that_gets_no_answer_times_out() {
+    let (listener, _queued) = unanswering_listener();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let scratch = Scratch::new("connect-timeout");
+    let config = scratch.config(&format!(
+        r#"
+        [admin]
+        listen = "127.0.0.1:0"
+
+        [services.caller]
+        plugin = "{{misbehave}}"
+        listen = ["127.0.0.1:0"]
+        connect-timeout = "1s"
+        grants = {{ outbound = ["{addr}"] }}
+        "#
+    ));
+    let host = Host::start_config(&config, &[], 1, true);
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = TcpStream::connect(host.service("caller")).unwrap();
+            client.set_read_timeout(Some(TIMEOUT)).unwrap();
+            writeln!(client, "connect {addr}").unwrap();
+            client
+        })
+        .collect();
+    for mut client in clients {
+        let answer = read_line(&mut client);
+        assert!(
+            answer.starts_with("denied") && answer.contains("timed out"),
+            "{answer}"
+        );
+    }
+    let logged = host.wait_for_log(&["outbound connect timed out", "service=\"caller\""]);
+    assert!(logged.contains("conn="), "{logged}");
+    assert_eq!(
+        host.metric(r#"portico_outbound_connect_timeouts_total{service="caller"}"#),
+        2.0
+    );
 }

@@ -1,0 +1,125 @@
+//! Connect timeouts for a plugin's outbound sockets.
+//!
+//! wasmtime-wasi's TCP connect waits as long as the operating system does
+//! (over two minutes for an address that never answers) and has no setting
+//! to shorten it. So the host bounds the wait where the plugin waits: a
+//! socket that starts connecting gets a deadline, a `wasi:io/poll` wait on
+//! that socket's pollables ends at the deadline, and from then on
+//! `finish-connect` fails with `timeout` (see [`crate::plugin`], which puts
+//! these checks in front of wasmtime-wasi's calls).
+//!
+//! Sockets and pollables are known by their resource ids, which the table
+//! reuses once they are dropped; the host forgets an id when its resource
+//! is dropped, so a deadline never outlives what it was set for.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The connecting sockets of one connection, with their deadlines.
+pub struct Connects {
+    timeout: Duration,
+    /// When each connecting socket must be connected, by socket id, and
+    /// whether its timeout was reported already.
+    deadlines: HashMap<u32, (Instant, bool)>,
+    /// The socket each pollable of a connecting socket belongs to, by
+    /// pollable id.
+    pollables: HashMap<u32, u32>,
+}
+
+impl Connects {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            deadlines: HashMap::new(),
+            pollables: HashMap::new(),
+        }
+    }
+
+    /// Notes that `socket` started connecting now.
+    pub fn started(&mut self, socket: u32) {
+        self.deadlines
+            .insert(socket, (Instant::now() + self.timeout, false));
+    }
+
+    /// Notes that `pollable` waits on `socket`; only matters while the
+    /// socket is connecting.
+    pub fn subscribed(&mut self, socket: u32, pollable: u32) {
+        if self.deadlines.contains_key(&socket) {
+            self.pollables.insert(pollable, socket);
+        }
+    }
+
+    /// Whether `socket` is connecting and past its deadline.
+    pub fn timed_out(&self, socket: u32) -> bool {
+        self.deadlines
+            .get(&socket)
+            .is_some_and(|(deadline, _)| *deadline <= Instant::now())
+    }
+
+    /// Whether the timeout of `socket` is yet to be reported (logged and
+    /// counted); it is, from now on.
+    pub fn report_timeout(&mut self, socket: u32) -> bool {
+        match self.deadlines.get_mut(&socket) {
+            Some((_, reported)) => !std::mem::replace(reported, true),
+            None => false,
+        }
+    }
+
+    /// Forgets `socket`: it connected, failed, or was dropped.
+    pub fn ended(&mut self, socket: u32) {
+        if self.deadlines.remove(&socket).is_some() {
+            self.pollables.retain(|_, of| *of != socket);
+        }
+    }
+
+    /// Forgets `pollable`, which was dropped.
+    pub fn pollable_dropped(&mut self, pollable: u32) {
+        if !self.pollables.is_empty() {
+            self.pollables.remove(&pollable);
+        }
+    }
+
+    /// The deadline of `pollable`, if it waits on a connecting socket.
+    pub fn deadline(&self, pollable: u32) -> Option<Instant> {
+        let socket = self.pollables.get(&pollable)?;
+        self.deadlines.get(socket).map(|(deadline, _)| *deadline)
+    }
+
+    /// The earliest deadline among `pollables`.
+    pub fn earliest(&self, pollables: &[u32]) -> Option<Instant> {
+        if self.pollables.is_empty() {
+            return None;
+        }
+        pollables.iter().filter_map(|&p| self.deadline(p)).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_follow_their_sockets_and_pollables() {
+        let mut connects = Connects::new(Duration::from_secs(5));
+        connects.subscribed(1, 10);
+        assert_eq!(connects.earliest(&[10]), None, "socket 1 is not connecting");
+        connects.started(1);
+        connects.subscribed(1, 10);
+        let deadline = connects.earliest(&[3, 10]).unwrap();
+        assert!(!connects.timed_out(1));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(connects.timed_out(1));
+        assert!(connects.report_timeout(1));
+        assert!(!connects.report_timeout(1), "reported once");
+        assert_eq!(connects.deadline(10), Some(deadline));
+        // A dropped pollable's id, reused by another pollable, has no deadline.
+        connects.pollable_dropped(10);
+        assert_eq!(connects.deadline(10), None);
+        connects.subscribed(1, 11);
+        connects.ended(1);
+        assert_eq!(connects.deadline(11), None);
+        assert!(!connects.timed_out(1));
+    }
+}
