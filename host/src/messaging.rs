@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Notify;
@@ -94,6 +95,27 @@ pub enum Backend {
     Nats(String),
 }
 
+/// Longest a plugin's call waits on the NATS server.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `operation` against the NATS server, failing at once if the client
+/// is not connected (async-nats would hold the call until it is again, or
+/// buffer what it sends without bound of time) and after [`NATS_TIMEOUT`]
+/// if the server does not answer.
+async fn on_nats<T>(
+    nats: &async_nats::Client,
+    operation: impl Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>>,
+) -> Result<T, Error> {
+    if nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(Error::Other("NATS: not connected to the server".into()));
+    }
+    match tokio::time::timeout(NATS_TIMEOUT, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(Error::Other(format!("NATS: {error}"))),
+        Err(_) => Err(Error::Other(format!("NATS: no answer in {NATS_TIMEOUT:?}"))),
+    }
+}
+
 /// Carries messages from publishers to subscriptions: within this process,
 /// or through NATS.
 pub struct Broker {
@@ -159,31 +181,43 @@ impl Broker {
             }
         };
         if let Some((nats, stop)) = start_forwarding {
-            let subscriber = nats
-                .subscribe(topic.to_string())
-                .await
-                .map_err(|error| Error::Other(format!("NATS: {error}")))?;
-            // Subscribed at the server before the plugin goes on, so that
-            // what is published next reaches it.
-            nats.flush()
-                .await
-                .map_err(|error| Error::Other(format!("NATS: {error}")))?;
-            tokio::spawn(forward(
-                Arc::downgrade(self),
-                topic.to_string(),
-                subscriber,
-                stop,
-            ));
+            let subscribed = async {
+                let subscriber = nats.subscribe(topic.to_string()).await?;
+                // Subscribed at the server before the plugin goes on, so
+                // that what is published next reaches it.
+                nats.flush().await?;
+                Ok(subscriber)
+            };
+            match on_nats(&nats, subscribed).await {
+                Ok(subscriber) => {
+                    tokio::spawn(forward(
+                        Arc::downgrade(self),
+                        topic.to_string(),
+                        subscriber,
+                        stop,
+                    ));
+                }
+                Err(error) => {
+                    // The next subscriber to the topic tries again.
+                    if let Some(entry) = self.topics().get_mut(topic) {
+                        entry.forwarding = None;
+                    }
+                    return Err(error);
+                }
+            }
         }
         Ok(queue)
     }
 
     async fn publish(&self, message: Message) -> Result<(), Error> {
         match &self.nats {
-            Some(nats) => nats
-                .publish(message.topic, message.payload.into())
-                .await
-                .map_err(|error| Error::Other(format!("NATS: {error}"))),
+            Some(nats) => {
+                let published = async {
+                    nats.publish(message.topic, message.payload.into()).await?;
+                    Ok(())
+                };
+                on_nats(nats, published).await
+            }
             None => {
                 self.deliver(Arc::new(message));
                 Ok(())

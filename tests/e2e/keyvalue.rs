@@ -148,6 +148,61 @@ fn a_redis_bucket_is_shared_by_two_hosts() {
     assert_eq!(cli(redis.addr, &["GET", "portico:cache:shared"]), "by both");
 }
 
+/// A Redis bucket whose server dies: the plugin's calls fail with an
+/// error it can answer (redis-kv replies `-ERR`), the host and its other
+/// services go on, and once the server is back the bucket works again.
+#[test]
+fn a_redis_bucket_outlives_its_server_dying() {
+    let mut redis = redis();
+    let scratch = Scratch::new("redis-kv-dies");
+    let config = scratch.config(&format!(
+        r#"
+        [services.redis-kv]
+        plugin = "{{redis-kv}}"
+        listen = ["127.0.0.1:0"]
+        grants = {{ keyvalue = ["cache"] }}
+
+        [services.echo]
+        plugin = "{{echo}}"
+        listen = ["127.0.0.1:0"]
+
+        [keyvalue.cache]
+        backend = "redis"
+        url = "redis://{}"
+        "#,
+        redis.addr
+    ));
+    let host = Host::start_config(&config, &[], 2, false);
+    let kv = host.service("redis-kv");
+    assert_eq!(cli(kv, &["SET", "before", "1"]), "OK");
+
+    redis.kill();
+    let set = |key: &str| {
+        let mut client = TcpStream::connect(kv).unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            client,
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$1\r\nx\r\n",
+            key.len()
+        )
+        .unwrap();
+        read_line(&mut client)
+    };
+    let answer = set("during");
+    assert!(answer.starts_with("-ERR "), "{answer:?}");
+    let mut echo = TcpStream::connect(host.service("echo")).unwrap();
+    echo.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(echoes(&mut echo, "the other service is served"));
+
+    redis.restart();
+    let started = std::time::Instant::now();
+    while set("after") != "+OK\r\n" {
+        assert!(started.elapsed() < TIMEOUT, "the bucket did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(cli(redis.addr, &["GET", "portico:cache:after"]), "x");
+}
+
 /// A plugin opens only the buckets its service is granted, and a bucket
 /// holds at most its `max-keys`: past either, an error inside the plugin,
 /// logged and counted, and the connection goes on.

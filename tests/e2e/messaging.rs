@@ -1,6 +1,7 @@
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::services::{Scratch, get, metric};
 use crate::util::{Host, Peer, TIMEOUT, read_line};
@@ -14,6 +15,41 @@ fn chat_config(scratch: &Scratch, edit: impl Fn(String) -> String) -> std::path:
         .replace("../../target/wasm32-wasip2/release/chat.wasm", "{chat}")
         .replace("127.0.0.1:7070", "127.0.0.1:0");
     scratch.config(&edit(text))
+}
+
+/// A real `nats-server`.
+fn nats_server() -> Peer {
+    Peer::start("nats-server", |port| {
+        ["-a", "127.0.0.1", "-p", port].map(String::from).to_vec()
+    })
+}
+
+/// Two hosts whose chat service shares rooms through `nats`.
+fn chat_over_nats(scratch: &Scratch, nats: &Peer) -> (Host, Host) {
+    let config = chat_config(scratch, |text| {
+        text.replace(
+            "backend = \"memory\"",
+            &format!("backend = \"nats\"\nurl = \"nats://{}\"", nats.addr),
+        )
+    });
+    let first = Host::start_config(&config, &[], 1, false);
+    let second = Host::start_config(&config, &[], 1, false);
+    (first, second)
+}
+
+/// The next line `conn` receives within `wait`, if one comes.
+fn line_within(conn: &mut TcpStream, wait: Duration) -> Option<String> {
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0];
+    while let Ok(1) = conn.read(&mut byte) {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (line.last() == Some(&b'\n')).then(|| String::from_utf8(line).unwrap())
 }
 
 /// A chat client: connected, greeted, and in `room`.
@@ -73,18 +109,9 @@ fn chat_rooms_carry_lines_between_connections() {
 /// members on the other.
 #[test]
 fn chat_rooms_span_hosts_through_nats() {
-    let nats = Peer::start("nats-server", |port| {
-        ["-a", "127.0.0.1", "-p", port].map(String::from).to_vec()
-    });
+    let nats = nats_server();
     let scratch = Scratch::new("chat-nats");
-    let config = chat_config(&scratch, |text| {
-        text.replace(
-            "backend = \"memory\"",
-            &format!("backend = \"nats\"\nurl = \"nats://{}\"", nats.addr),
-        )
-    });
-    let first = Host::start_config(&config, &[], 1, false);
-    let second = Host::start_config(&config, &[], 1, false);
+    let (first, second) = chat_over_nats(&scratch, &nats);
 
     let mut alice = member(&first, "alice", "lobby");
     let mut bob = member(&second, "bob", "lobby");
@@ -93,4 +120,49 @@ fn chat_rooms_span_hosts_through_nats() {
     assert_eq!(read_line(&mut bob), "alice: hello from the first host\n");
     writeln!(bob, "and back from the second").unwrap();
     assert_eq!(read_line(&mut alice), "bob: and back from the second\n");
+}
+
+/// The NATS server dies and comes back: meanwhile publishing fails inside
+/// the plugin at once (chat says so) and its connections go on; afterwards
+/// the rooms span the hosts again, subscriptions restored.
+#[test]
+fn chat_goes_on_while_nats_is_away() {
+    let mut nats = nats_server();
+    let scratch = Scratch::new("chat-nats-away");
+    let (first, second) = chat_over_nats(&scratch, &nats);
+    let mut alice = member(&first, "alice", "lobby");
+    let mut bob = member(&second, "bob", "lobby");
+    assert_eq!(read_line(&mut alice), "* bob joined\n");
+
+    nats.kill();
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < TIMEOUT, "publishing never failed");
+        writeln!(alice, "anyone there?").unwrap();
+        match line_within(&mut alice, Duration::from_millis(500)) {
+            Some(line) if line.starts_with("* not sent:") && line.contains("NATS") => break,
+            Some(line) => panic!("unexpected {line:?}"),
+            None => {}
+        }
+    }
+    writeln!(alice, "/nick alicia").unwrap();
+    assert_eq!(read_line(&mut alice), "* you are alicia\n");
+
+    nats.restart();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the rooms never joined up again"
+        );
+        writeln!(alice, "back again").unwrap();
+        let heard = line_within(&mut bob, Duration::from_millis(500));
+        if heard.as_deref() == Some("alicia: back again\n") {
+            break;
+        }
+        // Until the hosts reconnect, alice is told her lines were not sent.
+        while let Some(line) = line_within(&mut alice, Duration::from_millis(10)) {
+            assert!(line.starts_with("* not sent"), "{line:?}");
+        }
+    }
 }

@@ -182,8 +182,9 @@ fn the_peer_filter_allows_denies_and_counts() {
     );
 }
 
-/// Every kind of bad file: one `error:` line naming the file, the line or
-/// key, and the problem; exit status 2; nothing listens.
+/// Every kind of bad file, and backends it names that are not there: one
+/// `error:` line naming the file, the line or key, and the problem; exit
+/// status 2; nothing listens.
 #[test]
 fn bad_config_files_are_refused_with_one_line() {
     let scratch = Scratch::new("bad-files");
@@ -269,6 +270,84 @@ listen = ["127.0.0.1:0"]
             "no services",
             "drain-timeout = \"1s\"\n".into(),
             &["no services"],
+        ),
+        (
+            "zero connect timeout",
+            format!("{service}connect-timeout = \"0s\"\n"),
+            &[
+                "portico.toml:4:",
+                "services.s.connect-timeout",
+                "longer than zero",
+            ],
+        ),
+        (
+            "bad outbound grant",
+            format!("{service}grants = {{ outbound = [\"example.com\"] }}\n"),
+            &[
+                "portico.toml:4:",
+                "services.s.grants.outbound",
+                "\"example.com\" is not an outbound grant",
+            ],
+        ),
+        (
+            "bad topic pattern",
+            format!("{service}grants = {{ messaging = [\"a..b\"] }}\n"),
+            &["portico.toml:4:", "\"a..b\" is not a topic pattern"],
+        ),
+        (
+            "undeclared bucket",
+            format!("{service}grants = {{ keyvalue = [\"nope\"] }}\n"),
+            &["portico.toml:4:", "no bucket \"nope\"", "[keyvalue.nope]"],
+        ),
+        (
+            "unknown key-value backend",
+            format!(
+                "{service}grants = {{ keyvalue = [\"b\"] }}\n[keyvalue.b]\nbackend = \"etcd\"\n"
+            ),
+            &[
+                "portico.toml:6:",
+                "keyvalue.b.backend",
+                "\"etcd\" is not a backend",
+            ],
+        ),
+        (
+            "file bucket without a path",
+            format!("{service}[keyvalue.b]\nbackend = \"file\"\n"),
+            &["keyvalue.b.path", "needs a path"],
+        ),
+        (
+            "bucket with no room",
+            format!("{service}[keyvalue.b]\nmax-keys = 0\n"),
+            &["portico.toml:5:", "keyvalue.b.max-keys", "out of range"],
+        ),
+        (
+            "not a Redis URL",
+            format!("{service}[keyvalue.b]\nbackend = \"redis\"\nurl = \"http://x\"\n"),
+            &["portico.toml:6:", "keyvalue.b.url", "not a redis:// URL"],
+        ),
+        (
+            "no Redis there",
+            format!(
+                "{service}grants = {{ keyvalue = [\"b\"] }}\n[keyvalue.b]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n"
+            ),
+            &[
+                "key-value bucket b",
+                "cannot connect to Redis at redis://127.0.0.1:1",
+            ],
+        ),
+        (
+            "unknown messaging backend",
+            format!("{service}[messaging]\nbackend = \"kafka\"\n"),
+            &[
+                "portico.toml:5:",
+                "messaging.backend",
+                "\"kafka\" is not a messaging backend",
+            ],
+        ),
+        (
+            "no NATS there",
+            format!("{service}[messaging]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:1\"\n"),
+            &["cannot connect to NATS at nats://127.0.0.1:1"],
         ),
     ];
     for (case, text, expected) in cases {

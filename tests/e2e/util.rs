@@ -49,6 +49,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Peer {
     child: Child,
     pub addr: SocketAddr,
+    program: String,
+    args: Vec<String>,
 }
 
 impl Peer {
@@ -56,8 +58,19 @@ impl Peer {
     /// waits until it listens.
     pub fn start(program: &str, args: impl FnOnce(&str) -> Vec<String>) -> Peer {
         let addr = free_addr();
+        let args = args(&addr.port().to_string());
+        let child = Peer::spawn(program, &args, addr);
+        Peer {
+            child,
+            addr,
+            program: program.to_string(),
+            args,
+        }
+    }
+
+    fn spawn(program: &str, args: &[String], addr: SocketAddr) -> Child {
         let child = Command::new(program)
-            .args(args(&addr.port().to_string()))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -71,14 +84,26 @@ impl Peer {
             assert!(started.elapsed() < TIMEOUT, "{program} did not start");
             thread::sleep(Duration::from_millis(20));
         }
-        Peer { child, addr }
+        child
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again, on the same port and with the same
+    /// arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Peer::spawn(&self.program, &self.args, self.addr);
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -74,26 +74,31 @@ fn command(me: &mut Member, line: &str, output: &mut impl Write) -> portico_gues
         match pubsub::subscribe(&format!("rooms.{room}")) {
             Ok(subscription) => {
                 me.room = Some((room.to_string(), subscription));
-                say(me, &format!("* {} joined", me.nick))?;
+                say(me, &format!("* {} joined", me.nick), output)?;
                 writeln!(output, "* you are in {room}")?;
             }
             Err(error) => writeln!(output, "* cannot join {room}: {error}")?,
         }
     } else if me.room.is_some() {
-        say(me, &format!("{}: {line}", me.nick))?;
+        say(me, &format!("{}: {line}", me.nick), output)?;
     } else {
         writeln!(output, "* /join a room first")?;
     }
     Ok(())
 }
 
-/// Sends `text` to the others in the room, tagged with the sender's id.
-fn say(me: &Member, text: &str) -> portico_guest_sdk::Result {
+/// Sends `text` to the others in the room, tagged with the sender's id;
+/// tells the member if it could not be sent (the host's broker may be away
+/// for a while).
+fn say(me: &Member, text: &str, output: &mut impl Write) -> io::Result<()> {
     if let Some((room, _)) = &me.room {
-        pubsub::publish(
+        let sent = pubsub::publish(
             &format!("rooms.{room}"),
             format!("{} {text}", me.id).as_bytes(),
-        )?;
+        );
+        if let Err(error) = sent {
+            writeln!(output, "* not sent: {error}")?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,379 @@
+//! Key-value buckets, the host side of `wasi:keyvalue` (0.2.0-draft: store,
+//! atomics, batch): state that outlives a connection.
+//!
+//! A bucket is declared by the operator (`[keyvalue.NAME]`), lives in one
+//! of three backends, and is opened only by the services granted it
+//! (`grants.keyvalue`); every service granted a bucket shares it.
+//! - `memory`: in this process, gone at exit; the default.
+//! - `file`: an embedded redb database, each write committed durably before
+//!   it returns, so data survives a restart and a `kill -9`.
+//! - `redis`: a Redis server, shared by several hosts: the scale-out one.
+//!
+//! Keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`];
+//! a bucket holds at most `max-keys` keys and, in memory, `max-bytes` of
+//! keys and values together. A plugin at a limit gets an error, and the
+//! host's memory never grows past them. Counters (`increment`) are decimal
+//! integers in ASCII, as Redis's `INCR` keeps them, in every backend.
+
+mod file;
+mod memory;
+mod redis;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use wasmtime::component::Resource;
+
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::outbound::Capability;
+use crate::sandbox::ConnState;
+
+/// Largest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Keys one `list-keys` call returns at most; the cursor gives the rest.
+const PAGE: usize = 1000;
+
+/// Where a bucket lives, and its limits, as the config gives them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketSpec {
+    pub name: String,
+    pub backend: BackendSpec,
+    pub max_keys: u64,
+    /// Keys and values together, in memory.
+    pub max_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendSpec {
+    Memory,
+    File(PathBuf),
+    Redis(String),
+}
+
+/// The defaults of a bucket's limits.
+pub const DEFAULT_MAX_KEYS: u64 = 100_000;
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+/// Where one bucket's entries live. Keys and values reach a backend
+/// checked against [`MAX_KEY_BYTES`] and [`MAX_VALUE_BYTES`]; the backend
+/// keeps the bucket's own limits (`max-keys`, and in memory `max-bytes`).
+#[async_trait]
+trait Backend: Send + Sync {
+    async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>>;
+    async fn set(&self, key: &str, value: Vec<u8>) -> KvResult<()>;
+    async fn delete(&self, key: &str) -> KvResult<()>;
+    async fn exists(&self, key: &str) -> KvResult<bool>;
+    /// A page of at most [`PAGE`] keys from `cursor`, and the cursor of
+    /// the next page if there is one.
+    async fn list_keys(&self, cursor: Option<u64>) -> KvResult<(Vec<String>, Option<u64>)>;
+    /// Adds `delta` to the counter at `key` (0 when absent) atomically.
+    async fn increment(&self, key: &str, delta: u64) -> KvResult<u64>;
+}
+
+/// An open bucket.
+pub struct Bucket {
+    spec: BucketSpec,
+    backend: Box<dyn Backend>,
+}
+
+/// Why an operation failed: a limit (counted and logged, see
+/// [`ConnState::answer`]), or anything else.
+#[derive(Debug)]
+pub enum KvError {
+    Limit(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Limit(problem) | KvError::Failed(problem) => f.write_str(problem),
+        }
+    }
+}
+
+impl std::error::Error for KvError {}
+
+type KvResult<T> = std::result::Result<T, KvError>;
+
+/// What a plugin is told when an operation fails.
+type WitResult<T> = std::result::Result<T, store::Error>;
+
+fn other(problem: impl std::fmt::Display) -> KvError {
+    KvError::Failed(problem.to_string())
+}
+
+fn limit(problem: impl std::fmt::Display) -> KvError {
+    KvError::Limit(problem.to_string())
+}
+
+fn bucket_full(max_keys: u64) -> KvError {
+    limit(format!("bucket full: {max_keys} keys"))
+}
+
+fn check_key(key: &str) -> KvResult<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(limit(format!(
+            "key of {} bytes, more than the {MAX_KEY_BYTES} allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> KvResult<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(limit(format!(
+            "value of {} bytes, more than the {MAX_VALUE_BYTES} allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The counter `value` holds plus `delta`.
+fn add(value: Option<&[u8]>, delta: u64) -> KvResult<u64> {
+    let old = match value {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .ok_or_else(|| other("value is not an integer"))?,
+    };
+    old.checked_add(delta)
+        .ok_or_else(|| other("increment would overflow"))
+}
+
+/// A page of `keys` that started at offset `skip`, and the cursor of the
+/// next page if `more` follow: memory and file buckets page by offset
+/// into their keys in order.
+fn page(skip: usize, keys: Vec<String>, more: bool) -> (Vec<String>, Option<u64>) {
+    let next = more.then(|| (skip + keys.len()) as u64);
+    (keys, next)
+}
+
+impl Bucket {
+    /// Opens the bucket `spec` describes: creates its file, or connects to
+    /// its Redis server.
+    pub async fn open(spec: &BucketSpec) -> Result<Bucket> {
+        let backend: Box<dyn Backend> = match &spec.backend {
+            BackendSpec::Memory => Box::new(memory::Memory::new(spec.max_keys, spec.max_bytes)),
+            BackendSpec::File(path) => {
+                Box::new(file::File::open(path, &spec.name, spec.max_keys).await?)
+            }
+            BackendSpec::Redis(url) => Box::new(redis::Redis::connect(url, &spec.name).await?),
+        };
+        Ok(Bucket {
+            spec: spec.clone(),
+            backend,
+        })
+    }
+
+    pub fn spec(&self) -> &BucketSpec {
+        &self.spec
+    }
+
+    pub async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
+        check_key(key)?;
+        self.backend.get(key).await
+    }
+
+    pub async fn set(&self, key: &str, value: Vec<u8>) -> KvResult<()> {
+        check_key(key)?;
+        check_value(&value)?;
+        self.backend.set(key, value).await
+    }
+
+    pub async fn delete(&self, key: &str) -> KvResult<()> {
+        check_key(key)?;
+        self.backend.delete(key).await
+    }
+
+    pub async fn exists(&self, key: &str) -> KvResult<bool> {
+        check_key(key)?;
+        self.backend.exists(key).await
+    }
+
+    /// A page of keys, from `cursor`, and the cursor of the next page.
+    pub async fn list_keys(&self, cursor: Option<u64>) -> KvResult<(Vec<String>, Option<u64>)> {
+        self.backend.list_keys(cursor).await
+    }
+
+    pub async fn increment(&self, key: &str, delta: u64) -> KvResult<u64> {
+        check_key(key)?;
+        self.backend.increment(key, delta).await
+    }
+}
+
+/// The buckets a service's plugin may open, by name.
+pub type Granted = HashMap<String, Arc<Bucket>>;
+
+/// A bucket a plugin opened: the resource behind `wasi:keyvalue/store.bucket`.
+pub struct OpenBucket(Arc<Bucket>);
+
+impl ConnState {
+    /// What the plugin is told of `result`; a limit it reached is also
+    /// counted and logged.
+    pub fn answer<T>(&self, result: KvResult<T>) -> WitResult<T> {
+        result.map_err(|error| {
+            if let KvError::Limit(problem) = &error {
+                self.outbound.limit_hit(Capability::KeyValue, problem);
+            }
+            store::Error::Other(error.to_string())
+        })
+    }
+
+    /// The bucket behind a plugin's handle.
+    pub fn open_bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
+        self.bucket(bucket)
+    }
+
+    fn bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
+        Ok(self.table.get(bucket)?.0.clone())
+    }
+}
+
+impl store::Host for ConnState {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<WitResult<Resource<OpenBucket>>> {
+        let Some(bucket) = self.buckets.get(&identifier).cloned() else {
+            self.outbound.refuse_bucket(&identifier);
+            return Ok(Err(store::Error::AccessDenied));
+        };
+        Ok(Ok(self.table.push(OpenBucket(bucket))?))
+    }
+}
+
+impl store::HostBucket for ConnState {
+    async fn get(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        key: String,
+    ) -> wasmtime::Result<WitResult<Option<Vec<u8>>>> {
+        let result = self.bucket(&bucket)?.get(&key).await;
+        Ok(self.answer(result))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<WitResult<()>> {
+        let result = self.bucket(&bucket)?.set(&key, value).await;
+        Ok(self.answer(result))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        key: String,
+    ) -> wasmtime::Result<WitResult<()>> {
+        let result = self.bucket(&bucket)?.delete(&key).await;
+        Ok(self.answer(result))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        key: String,
+    ) -> wasmtime::Result<WitResult<bool>> {
+        let result = self.bucket(&bucket)?.exists(&key).await;
+        Ok(self.answer(result))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        cursor: Option<u64>,
+    ) -> wasmtime::Result<WitResult<store::KeyResponse>> {
+        let listed = self.bucket(&bucket)?.list_keys(cursor).await;
+        Ok(self.answer(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor })))
+    }
+
+    async fn drop(&mut self, bucket: Resource<OpenBucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for ConnState {
+    async fn increment(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        key: String,
+        delta: u64,
+    ) -> wasmtime::Result<WitResult<u64>> {
+        let result = self.bucket(&bucket)?.increment(&key, delta).await;
+        Ok(self.answer(result))
+    }
+}
+
+/// Most keys one batch call may name: each is a backend operation.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn too_many_keys() -> KvError {
+    limit(format!("more than {MAX_BATCH} keys in one call"))
+}
+
+impl batch::Host for ConnState {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<WitResult<Vec<Option<(String, Vec<u8>)>>>> {
+        if keys.len() > MAX_BATCH {
+            return Ok(self.answer(Err(too_many_keys())));
+        }
+        let bucket = self.bucket(&bucket)?;
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            match bucket.get(&key).await {
+                Ok(value) => values.push(value.map(|value| (key, value))),
+                Err(error) => return Ok(self.answer(Err(error))),
+            }
+        }
+        Ok(Ok(values))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<WitResult<()>> {
+        if entries.len() > MAX_BATCH {
+            return Ok(self.answer(Err(too_many_keys())));
+        }
+        let bucket = self.bucket(&bucket)?;
+        for (key, value) in entries {
+            if let Err(error) = bucket.set(&key, value).await {
+                return Ok(self.answer(Err(error)));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<OpenBucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<WitResult<()>> {
+        if keys.len() > MAX_BATCH {
+            return Ok(self.answer(Err(too_many_keys())));
+        }
+        let bucket = self.bucket(&bucket)?;
+        for key in keys {
+            if let Err(error) = bucket.delete(&key).await {
+                return Ok(self.answer(Err(error)));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
