@@ -12,16 +12,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::server::{children_cpu, process_cpu};
+
 /// The redis-benchmark tests run, as it names them in its report.
 const TESTS: &str = "ping,set,get,incr";
 
-/// Requests per second of each redis-benchmark test, by its name.
-pub type Rates = Vec<(String, f64)>;
+/// One redis-benchmark run: requests per second of each test, by its
+/// name, and how busy the client and the server(s) were, as shares of
+/// one core over the run.
+pub struct Run {
+    rates: Vec<(String, f64)>,
+    client_cpu: f64,
+    server_cpu: f64,
+}
 
 pub struct Figures {
-    pub redis: Rates,
-    pub redis_kv: Rates,
-    pub via_proxy: Rates,
+    pub redis: Run,
+    pub redis_kv: Run,
+    pub via_proxy: Run,
 }
 
 /// Runs every comparison with `requests` requests per test.
@@ -43,7 +51,7 @@ pub fn measure(host: &Path, plugin_dir: &Path, requests: u64) -> Result<Figures>
         ],
     )
     .context("starting redis-server (Debian's redis-server package)")?;
-    let redis_rates = benchmark(redis.addr, requests)?;
+    let redis_rates = benchmark(redis.addr, requests, &[&redis])?;
 
     let plugin = |name: &str| plugin_dir.join(name).display().to_string();
     let addr = free_addr()?.to_string();
@@ -59,7 +67,7 @@ pub fn measure(host: &Path, plugin_dir: &Path, requests: u64) -> Result<Figures>
             &addr,
         ],
     )?;
-    let redis_kv_rates = benchmark(redis_kv.addr, requests)?;
+    let redis_kv_rates = benchmark(redis_kv.addr, requests, &[&redis_kv])?;
     drop(redis_kv);
 
     let addr = free_addr()?.to_string();
@@ -78,7 +86,7 @@ pub fn measure(host: &Path, plugin_dir: &Path, requests: u64) -> Result<Figures>
             &addr,
         ],
     )?;
-    let proxy_rates = benchmark(proxy.addr, requests)?;
+    let proxy_rates = benchmark(proxy.addr, requests, &[&proxy, &redis])?;
     Ok(Figures {
         redis: redis_rates,
         redis_kv: redis_kv_rates,
@@ -90,7 +98,8 @@ fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Prints the table: each test's rates and ratios.
+/// Prints the table: each test's rates and ratios, then how busy the
+/// client and the servers were in each run.
 pub fn report(figures: &Figures, requests: u64) {
     println!();
     println!(
@@ -100,9 +109,9 @@ pub fn report(figures: &Figures, requests: u64) {
         "{:<14} {:>14} {:>14} {:>7} {:>14} {:>7}",
         "test", "redis-server", "redis-kv", "ratio", "via tcp-proxy", "ratio"
     );
-    for (test, redis) in &figures.redis {
-        let rate = |rates: &Rates| {
-            rates
+    for (test, redis) in &figures.redis.rates {
+        let rate = |run: &Run| {
+            run.rates
                 .iter()
                 .find(|(name, _)| name == test)
                 .map_or(f64::NAN, |(_, rate)| *rate)
@@ -114,23 +123,46 @@ pub fn report(figures: &Figures, requests: u64) {
             proxy / redis
         );
     }
+    let busy = |run: &Run| {
+        format!(
+            "client {:.0}%, server {:.0}%",
+            run.client_cpu * 100.0,
+            run.server_cpu * 100.0
+        )
+    };
+    println!(
+        "CPU (of one core): redis-server: {}; redis-kv: {}; via tcp-proxy: {} (proxy and redis-server together)",
+        busy(&figures.redis),
+        busy(&figures.redis_kv),
+        busy(&figures.via_proxy)
+    );
 }
 
-/// Runs redis-benchmark against `addr`, pinned to CPU 1; fails on any
-/// error it reports.
-fn benchmark(addr: SocketAddr, requests: u64) -> Result<Rates> {
+/// Runs redis-benchmark against `addr`, pinned to CPU 1, while `servers`
+/// serve it; fails on any error it reports.
+fn benchmark(addr: SocketAddr, requests: u64, servers: &[&Background]) -> Result<Run> {
+    let servers_cpu = || -> Result<f64> {
+        servers
+            .iter()
+            .map(|server| Ok(process_cpu(server.child.id())?.total_s()))
+            .sum()
+    };
+    let (client_before, servers_before, started) = (children_cpu(), servers_cpu()?, Instant::now());
     let output = Command::new("taskset")
         .args(["-c", "1", "redis-benchmark", "-h", &addr.ip().to_string()])
         .args(["-p", &addr.port().to_string(), "-t", TESTS])
         .args(["-n", &requests.to_string(), "-c", "50", "-q"])
         .output()
         .context("running redis-benchmark (Debian's redis-tools package)")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = (children_cpu() - client_before).total_s() / elapsed;
+    let server_cpu = (servers_cpu()? - servers_before) / elapsed;
     let stdout = String::from_utf8_lossy(&output.stdout).replace('\r', "\n");
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() || stdout.to_lowercase().contains("error") || !stderr.is_empty() {
         bail!("redis-benchmark against {addr} failed: {stdout}{stderr}");
     }
-    let rates: Rates = stdout
+    let rates: Vec<(String, f64)> = stdout
         .lines()
         .filter_map(|line| {
             let (test, rest) = line.split_once(": ")?;
@@ -142,7 +174,11 @@ fn benchmark(addr: SocketAddr, requests: u64) -> Result<Rates> {
     if rates.len() != 5 {
         bail!("redis-benchmark against {addr} reported {rates:?}");
     }
-    Ok(rates)
+    Ok(Run {
+        rates,
+        client_cpu,
+        server_cpu,
+    })
 }
 
 /// A server process pinned to CPU 0, on a free loopback port, killed when

@@ -32,6 +32,12 @@ pub struct CpuTime {
     pub system_s: f64,
 }
 
+impl CpuTime {
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+}
+
 impl std::ops::Sub for CpuTime {
     type Output = CpuTime;
 
@@ -40,6 +46,38 @@ impl std::ops::Sub for CpuTime {
             user_s: self.user_s - earlier.user_s,
             system_s: self.system_s - earlier.system_s,
         }
+    }
+}
+
+/// CPU time process `pid` has used so far, in user space and in the kernel.
+pub fn process_cpu(pid: u32) -> Result<CpuTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name, in parentheses, may hold spaces: fields are
+    // counted from after it. utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = || -> Result<f64> { Ok(fields.next().context("short stat")?.parse()?) };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(CpuTime {
+        user_s: ticks()? / per_second,
+        system_s: ticks()? / per_second,
+    })
+}
+
+/// CPU time of this process's children that have ended and been waited
+/// for, in user space and in the kernel.
+pub fn children_cpu() -> CpuTime {
+    // SAFETY: getrusage writes only the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    CpuTime {
+        user_s: seconds(usage.ru_utime),
+        system_s: seconds(usage.ru_stime),
     }
 }
 
@@ -140,18 +178,7 @@ impl Server {
     /// CPU time the server has used so far, in user space and in the
     /// kernel.
     pub fn cpu(&self) -> Result<CpuTime> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The command name, in parentheses, may hold spaces: fields are
-        // counted from after it. utime and stime are fields 14 and 15.
-        let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-        let mut fields = after_name.split_whitespace().skip(11);
-        let mut ticks = || -> Result<f64> { Ok(fields.next().context("short stat")?.parse()?) };
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(CpuTime {
-            user_s: ticks()? / per_second,
-            system_s: ticks()? / per_second,
-        })
+        process_cpu(self.child.id())
     }
 
     /// Memory no other process or mapping shares (RSS without the shared
