@@ -2,10 +2,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use crate::services::{Scratch, get, metric};
-use crate::util::{Host, Peer, TIMEOUT, assert_closed, read_line};
+use crate::util::{Host, Peer, TIMEOUT, assert_closed, read_line, unanswering_listener};
 
 /// A real `redis-server`.
 pub fn redis() -> Peer {
@@ -165,22 +164,6 @@ fn outbound_is_refused_unless_granted() {
         let series = format!(r#"portico_outbound_denied_total{{service="{service}"}}"#);
         assert_eq!(metric(&metrics, &series), 1.0, "{service}");
     }
-}
-
-/// A listener whose accept queue is full: the kernel drops further SYNs,
-/// so a connect to it waits until the connecting side gives up.
-fn unanswering_listener() -> (socket2::Socket, Vec<TcpStream>) {
-    use socket2::{Domain, Socket, Type};
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let queued = (0..2)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
-        .collect();
-    (listener, queued)
 }
 
 /// A plugin's blocking connect (Rust's std, no timeout of its own) to an

@@ -488,3 +488,19 @@ impl EchoLoad {
         }
     }
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs,
+/// so a connect to it waits until the connecting side gives up.
+pub fn unanswering_listener() -> (socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let queued = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+        .collect();
+    (listener, queued)
+}

@@ -3,7 +3,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Host, TIMEOUT, assert_closed, read_line};
+use crate::util::{Host, TIMEOUT, assert_closed, read_line, unanswering_listener};
 use crate::{cores, exclusive, under_load};
 
 /// Sockets one connection may open, and the service's connections hold at
@@ -135,4 +135,49 @@ fn outbound_scans_and_denied_loops_under_load() {
     println!("denied attempts counted: {denied}, log lines about them: {logged}");
     assert!(denied >= 1000.0, "{denied}");
     assert!(logged <= attackers * 8, "{logged} log lines");
+}
+
+/// Twice as many clients as cores, each having plugins connect in turn to an
+/// address that never answers: each connect ends at the host's connect
+/// timeout, the echo load beside them keeps its latency, and every
+/// timeout is counted.
+#[test]
+fn connects_that_never_answer_time_out_under_load() {
+    let _turn = exclusive();
+    let (listener, _queued) = unanswering_listener();
+    let silent = listener.local_addr().unwrap().as_socket().unwrap();
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--allow-outbound",
+            &silent.to_string(),
+            "--connect-timeout",
+            "300ms",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let attackers = 2 * cores();
+    const CONNECTS: usize = 4;
+    under_load(&host, "plugins connecting where nothing answers", || {
+        let threads: Vec<_> = (0..attackers)
+            .map(|_| {
+                let addr = host.addr;
+                thread::spawn(move || {
+                    for _ in 0..CONNECTS {
+                        let mut conn = TcpStream::connect(addr).unwrap();
+                        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+                        writeln!(conn, "connect {silent}").unwrap();
+                        let answer = read_line(&mut conn);
+                        assert!(answer.contains("timed out"), "{answer}");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    });
+    let timeouts = host.metric(r#"portico_outbound_connect_timeouts_total{service="misbehave"}"#);
+    assert_eq!(timeouts, (attackers * CONNECTS) as f64);
 }
