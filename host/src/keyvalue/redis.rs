@@ -2,6 +2,7 @@
 //! scale-out backend. A bucket's keys are `portico:BUCKET:KEY`, so several
 //! buckets (and other users) may share a server.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -13,10 +14,16 @@ use super::{Backend, KvResult, PAGE, other};
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Redis connections a bucket keeps. Each carries many commands at once
+/// (pipelined); a few of them keep one large value from holding up every
+/// other command behind it.
+const POOL_SIZE: usize = 4;
+
 pub struct Redis {
-    /// Multiplexes every connection's commands over one Redis connection,
-    /// and reconnects when it breaks.
-    connection: ConnectionManager,
+    /// The pool: each reconnects when its connection breaks. Commands take
+    /// them in turn.
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
     prefix: String,
 }
 
@@ -39,10 +46,13 @@ impl Redis {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
+        let connections = (0..POOL_SIZE)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<_, _>>()
             .with_context(|| format!("cannot connect to Redis at {url}"))?;
         Ok(Self {
-            connection,
+            connections,
+            next: AtomicUsize::new(0),
             prefix: format!("portico:{bucket}:"),
         })
     }
@@ -52,8 +62,9 @@ impl Redis {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> KvResult<T> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
         command
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.connections[turn].clone())
             .await
             .map_err(|error| other(format!("Redis: {error}")))
     }
