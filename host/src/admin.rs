@@ -106,6 +106,10 @@ fn describe() {
         "Outbound sockets, connects and name lookups refused by the service's grant or limits."
     );
     describe_counter!(
+        "portico_tls_handshake_failures_total",
+        "TLS handshakes that failed, timed out or were abandoned; no instance was created for them."
+    );
+    describe_counter!(
         "portico_outbound_connect_timeouts_total",
         "Outbound connects that got no answer within the connect timeout."
     );
@@ -224,6 +228,8 @@ fn record_counts(service: &str, counters: &Counters) {
         .absolute(get(&counters.memory_limit_hits));
     counter!("portico_outbound_denied_total", "service" => label())
         .absolute(get(&counters.outbound_denied));
+    counter!("portico_tls_handshake_failures_total", "service" => label())
+        .absolute(get(&counters.tls_handshake_failures));
     counter!("portico_outbound_connect_timeouts_total", "service" => label())
         .absolute(get(&counters.outbound_connect_timeouts));
     counter!("portico_keyvalue_denied_total", "service" => label())

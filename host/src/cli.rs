@@ -16,6 +16,7 @@ use crate::messaging::Pattern;
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
 use crate::server::Source;
+use crate::tls::{CertificateFiles, TlsSpec};
 
 /// Serve TCP connections with WebAssembly plugins: each connection gets a
 /// fresh, sandboxed instance of its service's plugin component.
@@ -174,6 +175,46 @@ pub struct Args {
     )]
     pub max_outbound_sockets_per_service: u32,
 
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_key",
+        conflicts_with = "config_file"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_cert",
+        conflicts_with = "config_file"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates issued by this CA (PEM).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "tls_cert",
+        conflicts_with = "config_file"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// A protocol to offer by ALPN (repeatable, most preferred first).
+    #[arg(
+        long,
+        value_name = "PROTOCOL",
+        requires = "tls_cert",
+        conflicts_with = "config_file"
+    )]
+    pub tls_alpn: Vec<String>,
+
+    /// How long a client may take over its TLS handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
+    pub tls_handshake_timeout: Duration,
+
     /// How long a plugin's outbound connect may take; then it fails with
     /// `timeout`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
@@ -227,10 +268,23 @@ impl Args {
                     })
                     .collect(),
                 messaging: self.allow_messaging.clone(),
+                tls: self.tls(),
             }],
             messaging: Default::default(),
         };
         Ok((config, Source::Flags))
+    }
+
+    /// The TLS the flags ask for: `--tls-cert` and `--tls-key` make the
+    /// listener a TLS one.
+    fn tls(&self) -> Option<TlsSpec> {
+        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        Some(TlsSpec {
+            certificates: vec![CertificateFiles { cert, key }],
+            client_ca: self.tls_client_ca.clone(),
+            alpn: self.tls_alpn.clone(),
+            handshake_timeout: self.tls_handshake_timeout,
+        })
     }
 
     /// The limits the flags ask for, once checked to make sense together.

@@ -24,6 +24,7 @@ use crate::keyvalue::{self, BackendSpec, BucketSpec};
 use crate::messaging::{self, Pattern};
 use crate::outbound::Rule;
 use crate::sandbox::Limits;
+use crate::tls::{CertificateFiles, TlsSpec};
 
 /// Largest `max-memory`, in MiB: a wasm32 memory cannot be larger.
 pub const MAX_MEMORY_MIB: u32 = 4096;
@@ -61,6 +62,8 @@ pub struct Service {
     pub keyvalue: Vec<BucketSpec>,
     /// The topics the plugin may publish and subscribe to.
     pub messaging: Vec<Pattern>,
+    /// TLS on every listener of the service, if set.
+    pub tls: Option<TlsSpec>,
 }
 
 /// How log lines are written: text for people, JSON for log shippers.
@@ -212,7 +215,25 @@ with_limit_keys!(ServiceTable {
     settings: Option<BTreeMap<String, String>>,
     peers: Option<PeersTable>,
     grants: Option<GrantsTable>,
+    tls: Option<Spanned<TlsTable>>,
 });
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TlsTable {
+    certificates: Vec<CertificateTable>,
+    client_ca: Option<String>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    handshake_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateTable {
+    cert: String,
+    key: String,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -417,6 +438,10 @@ impl Source<'_> {
                     })
                 })
                 .collect::<Result<_>>()?;
+            let tls = match &table.tls {
+                Some(tls) => Some(self.tls(tls, folder, &key("tls"))?),
+                None => None,
+            };
             services.push(Service {
                 name: name.clone(),
                 plugin: folder.join(table.plugin.get_ref()),
@@ -427,6 +452,7 @@ impl Source<'_> {
                 outbound,
                 keyvalue: granted,
                 messaging,
+                tls,
             });
         }
         Ok(Config {
@@ -531,6 +557,35 @@ impl Source<'_> {
             buckets.insert(name.clone(), spec);
         }
         Ok(buckets)
+    }
+
+    /// A service's `tls` table, its paths taken from `folder`.
+    fn tls(&self, table: &Spanned<TlsTable>, folder: &Path, key: &str) -> Result<TlsSpec> {
+        let tls = table.get_ref();
+        if tls.certificates.is_empty() {
+            return Err(self.error(
+                table.span(),
+                &format!("{key}.certificates"),
+                "no certificate: list at least one { cert = \"...\", key = \"...\" }",
+            ));
+        }
+        let handshake_timeout = match &tls.handshake_timeout {
+            Some(text) => self.positive_duration(text, &format!("{key}.handshake-timeout"))?,
+            None => crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        Ok(TlsSpec {
+            certificates: tls
+                .certificates
+                .iter()
+                .map(|pair| CertificateFiles {
+                    cert: folder.join(&pair.cert),
+                    key: folder.join(&pair.key),
+                })
+                .collect(),
+            client_ca: tls.client_ca.as_ref().map(|ca| folder.join(ca)),
+            alpn: tls.alpn.clone(),
+            handshake_timeout,
+        })
     }
 
     /// `base` with every limit given in `keys` (written in table `table`)

@@ -51,6 +51,8 @@ counters! {
     cpu_budget_stops,
     /// Plugins whose memory growth was refused at the limit.
     memory_limit_hits,
+    /// TLS handshakes that failed, timed out or were abandoned.
+    tls_handshake_failures,
     /// Connections closed for being idle.
     idle_timeouts,
     /// Connections closed at their maximum lifetime.

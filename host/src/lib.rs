@@ -49,6 +49,7 @@ pub mod service;
 pub mod signals;
 pub mod socket;
 pub mod stdio;
+pub mod tls;
 pub mod untrusted;
 
 use std::io::IsTerminal;

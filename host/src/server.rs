@@ -618,7 +618,7 @@ async fn accept_loop(
 /// place is given back when this returns.
 async fn serve_connection(
     version: Arc<Version>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     id: u64,
     _place: OwnedSemaphorePermit,
@@ -643,9 +643,23 @@ async fn serve_connection(
 
     let sandbox = &version.sandbox;
     let counters = &sandbox.counters;
+    let tls = match &version.tls {
+        Some(tls) => match tls.accept(tcp).await {
+            Ok((handshaken, session)) => {
+                tcp = handshaken;
+                Some(session)
+            }
+            Err(error) => {
+                count(&counters.tls_handshake_failures);
+                debug!(service, conn = id, %peer, "closed: TLS {error:#}");
+                return;
+            }
+        },
+        None => None,
+    };
     counters.connection_started();
     version.reclaimer.connection_started();
-    let socket = Socket::new(tcp);
+    let socket = Socket::new(tcp, tls);
     let info = ConnectionInfo {
         id,
         peer_address: peer.to_string(),
@@ -749,6 +763,14 @@ fn log_outcome(
 /// does, for at most [`LINGER_TIMEOUT`].
 async fn close(socket: &Socket) {
     let tcp = socket.tcp();
+    if let Some(mut tls) = socket.tls() {
+        tls.send_close_notify();
+        while tls.wants_write() {
+            if tls.write_tls(&mut socket.tcp_io()).is_err() {
+                break;
+            }
+        }
+    }
     let shutdown = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
     if shutdown.is_err() || socket.input_ended() {
         return;

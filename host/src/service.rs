@@ -22,6 +22,7 @@ use crate::outbound::Policy;
 use crate::plugin::Plugin;
 use crate::reclaim::Reclaimer;
 use crate::sandbox::{self, EpochTicker, Sandbox};
+use crate::tls::Tls;
 
 /// One version of a service, ready to serve.
 pub struct Version {
@@ -38,6 +39,8 @@ pub struct Version {
     pub max_connections: u32,
     /// Told of every connection's end, to give memory back once they stop.
     pub reclaimer: Arc<Reclaimer>,
+    /// The listeners' TLS, if the service has it.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// What every version gets from the host.
@@ -80,6 +83,10 @@ impl Version {
             }
         };
 
+        let tls = match &spec.tls {
+            Some(tls) => Some(Arc::new(Tls::load(tls).context("TLS")?)),
+            None => None,
+        };
         let loading = std::time::Instant::now();
         let plugin = {
             let (engine, path, cache) = (engine.clone(), spec.plugin.clone(), host.cache.clone());
@@ -144,6 +151,7 @@ impl Version {
             places,
             max_connections,
             reclaimer,
+            tls,
         })
     }
 
@@ -152,9 +160,18 @@ impl Version {
     }
 
     /// Whether `spec` would build this same version: same settings, and a
-    /// plugin file with the same content.
+    /// plugin file and TLS files with the same content (so that a reload
+    /// picks up renewed certificates).
     pub fn serves(&self, spec: &config::Service) -> bool {
+        let same_tls = match (&spec.tls, &self.tls) {
+            (Some(files), Some(tls)) => {
+                crate::tls::files_digest(files).is_ok_and(|digest| digest == tls.files_digest)
+            }
+            (None, None) => true,
+            _ => false,
+        };
         self.spec == *spec
+            && same_tls
             && std::fs::read(&spec.plugin)
                 .is_ok_and(|bytes| crate::cache::digest(&bytes) == self.sandbox.plugin.digest)
     }

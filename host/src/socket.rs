@@ -5,13 +5,19 @@
 //! beyond what one read or one pending write needs. wasmtime-wasi's generic
 //! `AsyncReadStream`/`AsyncWriteStream` spawn a task per stream and
 //! allocate 64 KiB per read, which a per-connection server cannot afford.
+//!
+//! On a TLS listener the same streams carry plaintext: rustls decrypts what
+//! the socket has and encrypts what the plugin writes, in the calls
+//! themselves, on the same readiness.
 
 use std::io;
-use std::sync::Arc;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use rustls::ServerConnection;
 use tokio::net::TcpStream;
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
@@ -26,6 +32,8 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024;
 /// that serves it.
 pub struct Socket {
     tcp: TcpStream,
+    /// The TLS session, on a TLS listener.
+    tls: Option<Mutex<ServerConnection>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     /// The client has finished sending (end-of-file or reset was read).
@@ -39,9 +47,10 @@ pub struct Socket {
 }
 
 impl Socket {
-    pub fn new(tcp: TcpStream) -> Arc<Self> {
+    pub fn new(tcp: TcpStream, tls: Option<ServerConnection>) -> Arc<Self> {
         Arc::new(Self {
             tcp,
+            tls: tls.map(Mutex::new),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             input_ended: AtomicBool::new(false),
@@ -98,6 +107,94 @@ impl Socket {
         self.moved(&self.bytes_out, written);
         Ok(written)
     }
+
+    /// The TLS session, if any. Its lock is never held across an await.
+    pub fn tls(&self) -> Option<MutexGuard<'_, ServerConnection>> {
+        let tls = self.tls.as_ref()?;
+        Some(tls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The socket as `Read` and `Write` that never wait.
+    pub fn tcp_io(&self) -> TcpIo<'_> {
+        TcpIo(&self.tcp)
+    }
+
+    /// Reads plaintext into `chunk`: what rustls holds decrypted, else what
+    /// the socket has, decrypted. `Ok(0)` at the end of the client's data.
+    fn tls_read(
+        &self,
+        tls: &mut ServerConnection,
+        chunk: &mut BytesMut,
+        size: usize,
+    ) -> io::Result<usize> {
+        chunk.resize(size, 0);
+        loop {
+            match tls.reader().read(chunk) {
+                Ok(n) => {
+                    chunk.truncate(n);
+                    self.moved(&self.bytes_in, n);
+                    return Ok(n);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                // The client closed the TCP connection without TLS's
+                // close_notify: the end of its data all the same.
+                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                    chunk.clear();
+                    return Ok(0);
+                }
+                Err(error) => {
+                    chunk.clear();
+                    return Err(error);
+                }
+            }
+            let read = tls
+                .read_tls(&mut TcpIo(&self.tcp))
+                .inspect_err(|_| chunk.clear())?;
+            let processed = tls.process_new_packets();
+            // Alerts and key updates the session owes the client.
+            let _ = self.tls_send(tls);
+            processed.map_err(io::Error::other)?;
+            if read == 0 {
+                // The next `reader().read` reports how the client ended.
+                continue;
+            }
+        }
+    }
+
+    /// Sends what rustls has encrypted, as far as the socket takes it now.
+    fn tls_send(&self, tls: &mut ServerConnection) -> io::Result<()> {
+        while tls.wants_write() {
+            tls.write_tls(&mut TcpIo(&self.tcp))?;
+        }
+        Ok(())
+    }
+
+    /// Whether rustls holds decrypted bytes, or the client's end, to read.
+    fn tls_readable(tls: &mut ServerConnection) -> bool {
+        tls.process_new_packets().map_or(true, |state| {
+            state.plaintext_bytes_to_read() > 0 || state.peer_has_closed()
+        })
+    }
+}
+
+/// The socket as blocking-style `Read` and `Write` for rustls, on tokio's
+/// non-blocking `try_read` and `try_write` (which say `WouldBlock`).
+pub struct TcpIo<'a>(&'a TcpStream);
+
+impl Read for TcpIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for TcpIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether an I/O error means the client is gone, which a plugin sees as
@@ -144,16 +241,21 @@ impl InputStream for SocketInput {
         let size = size.min(MAX_READ_BYTES);
         // Uninitialised capacity: tokio reads into it without zeroing first.
         let mut chunk = BytesMut::with_capacity(size);
-        match self.socket.tcp.try_read_buf(&mut chunk) {
+        let read = match self.socket.tls() {
+            Some(mut tls) => self.socket.tls_read(&mut tls, &mut chunk, size),
+            None => self
+                .socket
+                .tcp
+                .try_read_buf(&mut chunk)
+                .inspect(|n| self.socket.moved(&self.socket.bytes_in, *n)),
+        };
+        match read {
             Ok(0) if size > 0 => {
                 self.closed = true;
                 self.socket.input_ended.store(true, Ordering::Relaxed);
                 Err(StreamError::Closed)
             }
-            Ok(n) => {
-                self.socket.moved(&self.socket.bytes_in, n);
-                Ok(chunk.freeze())
-            }
+            Ok(_) => Ok(chunk.freeze()),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Bytes::new()),
             Err(error) => {
                 self.closed = true;
@@ -167,10 +269,16 @@ impl InputStream for SocketInput {
 #[wasmtime_wasi::async_trait]
 impl Pollable for SocketInput {
     async fn ready(&mut self) {
-        if !self.closed {
-            // An error here shows up again on the next read, which reports it.
-            let _ = self.socket.tcp.readable().await;
+        if self.closed {
+            return;
         }
+        if let Some(mut tls) = self.socket.tls()
+            && Socket::tls_readable(&mut tls)
+        {
+            return;
+        }
+        // An error here shows up again on the next read, which reports it.
+        let _ = self.socket.tcp.readable().await;
     }
 }
 
@@ -196,10 +304,40 @@ impl SocketOutput {
         }
     }
 
+    /// Whether bytes the plugin wrote wait for the socket (in `pending`, or
+    /// encrypted in the TLS session).
+    fn has_unsent(&mut self) -> bool {
+        !self.pending.is_empty() || self.socket.tls().is_some_and(|tls| tls.wants_write())
+    }
+
     /// Sends as much of the pending bytes as the socket takes now.
     fn send_pending(&mut self) -> StreamResult<()> {
         if self.closed {
             return Err(StreamError::Closed);
+        }
+        if let Some(mut tls) = self.socket.tls() {
+            if !self.pending.is_empty() {
+                let n = self.pending.len();
+                // rustls encrypts it all into its own buffer at once.
+                tls.writer()
+                    .write_all(&self.pending)
+                    .map_err(stream_error)?;
+                self.pending.clear();
+                self.socket.moved(&self.socket.bytes_out, n);
+            }
+            let sent = self.socket.tls_send(&mut tls);
+            let unsent = tls.wants_write();
+            drop(tls);
+            self.socket
+                .unsent
+                .store(usize::from(unsent), Ordering::Relaxed);
+            return match sent {
+                Err(error) if error.kind() != io::ErrorKind::WouldBlock => {
+                    self.closed = true;
+                    Err(stream_error(error))
+                }
+                _ => Ok(()),
+            };
         }
         let mut result = Ok(());
         while !self.pending.is_empty() {
@@ -238,10 +376,10 @@ impl OutputStream for SocketOutput {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         self.send_pending()?;
-        Ok(if self.pending.is_empty() {
-            MAX_PENDING_BYTES
-        } else {
+        Ok(if self.has_unsent() {
             0
+        } else {
+            MAX_PENDING_BYTES
         })
     }
 }
@@ -249,7 +387,7 @@ impl OutputStream for SocketOutput {
 #[wasmtime_wasi::async_trait]
 impl Pollable for SocketOutput {
     async fn ready(&mut self) {
-        while !self.closed && !self.pending.is_empty() {
+        while !self.closed && self.has_unsent() {
             if self.socket.tcp.writable().await.is_err() {
                 return;
             }
