@@ -503,6 +503,15 @@ impl Source<'_> {
         for (name, table) in &file.keyvalue {
             let key = |field: &str| format!("keyvalue.{name}.{field}");
             let (span, table) = (table.span(), table.get_ref());
+            // Names become part of Redis keys (`portico:NAME:KEY`) and
+            // patterns: `:` or `*` in one could reach another bucket's keys.
+            if !is_service_name(name) {
+                return Err(self.error(
+                    span,
+                    &format!("keyvalue.{name}"),
+                    "a bucket name is letters, digits, `-` and `_`",
+                ));
+            }
             let backend = table.backend.as_ref();
             let backend = match backend.map(|backend| backend.get_ref().as_str()) {
                 None | Some("memory") => BackendSpec::Memory,

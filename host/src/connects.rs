@@ -23,8 +23,9 @@ pub struct Connects {
     /// When each connecting socket must be connected, by socket id, and
     /// whether its timeout was reported already.
     deadlines: HashMap<u32, (Instant, bool)>,
-    /// The socket each pollable of a connecting socket belongs to, by
-    /// pollable id.
+    /// The socket each of the sockets' pollables belongs to, by pollable
+    /// id. A pollable may be made before its socket starts connecting, and
+    /// waits on the connect all the same, so every one is noted.
     pollables: HashMap<u32, u32>,
 }
 
@@ -43,12 +44,9 @@ impl Connects {
             .insert(socket, (Instant::now() + self.timeout, false));
     }
 
-    /// Notes that `pollable` waits on `socket`; only matters while the
-    /// socket is connecting.
+    /// Notes that `pollable` waits on `socket`.
     pub fn subscribed(&mut self, socket: u32, pollable: u32) {
-        if self.deadlines.contains_key(&socket) {
-            self.pollables.insert(pollable, socket);
-        }
+        self.pollables.insert(pollable, socket);
     }
 
     /// Whether `socket` is connecting and past its deadline.
@@ -58,18 +56,31 @@ impl Connects {
             .is_some_and(|(deadline, _)| *deadline <= Instant::now())
     }
 
-    /// Whether the timeout of `socket` is yet to be reported (logged and
-    /// counted); it is, from now on.
-    pub fn report_timeout(&mut self, socket: u32) -> bool {
-        match self.deadlines.get_mut(&socket) {
-            Some((_, reported)) => !std::mem::replace(reported, true),
-            None => false,
+    /// Whether the timeout of `socket` was reported (logged, counted, and
+    /// told to the plugin): from then on its connect has failed, whatever
+    /// the operating system makes of it.
+    pub fn timeout_reported(&self, socket: u32) -> bool {
+        self.deadlines
+            .get(&socket)
+            .is_some_and(|(_, reported)| *reported)
+    }
+
+    /// Notes that the timeout of `socket` was reported.
+    pub fn report_timeout(&mut self, socket: u32) {
+        if let Some((_, reported)) = self.deadlines.get_mut(&socket) {
+            *reported = true;
         }
     }
 
-    /// Forgets `socket`: it connected, failed, or was dropped.
+    /// Notes that `socket` connected or failed to.
     pub fn ended(&mut self, socket: u32) {
-        if self.deadlines.remove(&socket).is_some() {
+        self.deadlines.remove(&socket);
+    }
+
+    /// Forgets `socket`, which was dropped (its pollables were, before it).
+    pub fn dropped(&mut self, socket: u32) {
+        self.deadlines.remove(&socket);
+        if !self.pollables.is_empty() {
             self.pollables.retain(|_, of| *of != socket);
         }
     }
@@ -89,7 +100,7 @@ impl Connects {
 
     /// The earliest deadline among `pollables`.
     pub fn earliest(&self, pollables: &[u32]) -> Option<Instant> {
-        if self.pollables.is_empty() {
+        if self.deadlines.is_empty() {
             return None;
         }
         pollables.iter().filter_map(|&p| self.deadline(p)).min()
@@ -103,16 +114,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deadlines_follow_their_sockets_and_pollables() {
         let mut connects = Connects::new(Duration::from_secs(5));
+        // A pollable made before the connect waits on it all the same.
         connects.subscribed(1, 10);
         assert_eq!(connects.earliest(&[10]), None, "socket 1 is not connecting");
         connects.started(1);
-        connects.subscribed(1, 10);
         let deadline = connects.earliest(&[3, 10]).unwrap();
         assert!(!connects.timed_out(1));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(connects.timed_out(1));
-        assert!(connects.report_timeout(1));
-        assert!(!connects.report_timeout(1), "reported once");
+        assert!(!connects.timeout_reported(1));
+        connects.report_timeout(1);
+        assert!(connects.timeout_reported(1));
         assert_eq!(connects.deadline(10), Some(deadline));
         // A dropped pollable's id, reused by another pollable, has no deadline.
         connects.pollable_dropped(10);
@@ -121,5 +133,7 @@ mod tests {
         connects.ended(1);
         assert_eq!(connects.deadline(11), None);
         assert!(!connects.timed_out(1));
+        connects.dropped(1);
+        assert!(connects.pollables.is_empty());
     }
 }

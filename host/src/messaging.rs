@@ -121,6 +121,10 @@ async fn on_nats<T>(
 pub struct Broker {
     topics: Mutex<HashMap<String, Topic>>,
     nats: Option<async_nats::Client>,
+    /// Held while a topic's subscription at the NATS server is made, so
+    /// that a second subscriber waits for the first's to succeed or fail
+    /// instead of counting on one that may never be.
+    subscribing: tokio::sync::Mutex<()>,
 }
 
 /// A topic's subscriptions in this process.
@@ -145,6 +149,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             topics: Mutex::default(),
             nats,
+            subscribing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -166,6 +171,10 @@ impl Broker {
             ready: Notify::new(),
             counters,
         });
+        let _subscribing = match &self.nats {
+            Some(_) => Some(self.subscribing.lock().await),
+            None => None,
+        };
         let start_forwarding = {
             let mut topics = self.topics();
             let entry = topics.entry(topic.to_string()).or_default();
@@ -266,7 +275,15 @@ async fn forward(
             () = stop.cancelled() => return,
             message = subscriber.next() => message,
         };
-        let (Some(message), Some(broker)) = (message, broker.upgrade()) else {
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let Some(message) = message else {
+            // The client closed the subscription: the next subscriber to
+            // the topic makes a new one.
+            if let Some(entry) = broker.topics().get_mut(&topic) {
+                entry.forwarding = None;
+            }
             return;
         };
         broker.deliver(Arc::new(Message {
@@ -310,12 +327,12 @@ impl Queue {
 
     fn push(&self, message: Arc<Message>) {
         let mut state = self.state();
-        if state.bytes + message.payload.len() > QUEUE_BYTES {
+        if state.bytes + queued_size(&message) > QUEUE_BYTES {
             state.dropped += 1;
             count(&self.counters.messages_dropped);
             return;
         }
-        state.bytes += message.payload.len();
+        state.bytes += queued_size(&message);
         state.messages.push_back(message);
         drop(state);
         self.ready.notify_waiters();
@@ -324,9 +341,16 @@ impl Queue {
     fn pop(&self) -> Option<Arc<Message>> {
         let mut state = self.state();
         let message = state.messages.pop_front()?;
-        state.bytes -= message.payload.len();
+        state.bytes -= queued_size(&message);
         Some(message)
     }
+}
+
+/// What a queued message costs the host: its payload and topic, and the
+/// allocations around them, so that a flood of empty messages fills a
+/// queue too.
+fn queued_size(message: &Message) -> usize {
+    message.payload.len() + message.topic.len() + 128
 }
 
 /// A plugin's subscription: the resource behind `pubsub.subscription`.
@@ -488,8 +512,12 @@ mod tests {
         for _ in 0..QUEUE_BYTES / MAX_PAYLOAD + 3 {
             broker.publish(message.clone()).await.unwrap();
         }
-        assert_eq!(queue.state().messages.len(), QUEUE_BYTES / MAX_PAYLOAD);
-        assert_eq!(counters.messages_dropped.load(Relaxed), 3);
+        let held = QUEUE_BYTES / queued_size(&message);
+        assert_eq!(queue.state().messages.len(), held);
+        assert_eq!(
+            counters.messages_dropped.load(Relaxed),
+            (QUEUE_BYTES / MAX_PAYLOAD + 3 - held) as u64
+        );
         drop(queue);
         assert!(
             broker.topics().is_empty(),

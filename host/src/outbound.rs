@@ -128,15 +128,29 @@ fn is_public(ip: IpAddr) -> bool {
                 || ip.is_multicast()
                 // Shared address space (carrier-grade NAT), 100.64.0.0/10.
                 || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64)
+                // IETF protocol assignments (192.0.0.0/24) and benchmarking
+                // (198.18.0.0/15).
+                || ip.octets()[..3] == [192, 0, 0]
+                || (ip.octets()[0] == 198 && ip.octets()[1] & 0xfe == 18)
                 || ip.octets()[0] == 0
                 || ip.octets()[0] >= 240)
         }
         IpAddr::V6(ip) => {
+            let [first, second, ..] = ip.segments();
             !(ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_multicast()
                 || ip.is_unique_local()
-                || ip.is_unicast_link_local())
+                || ip.is_unicast_link_local()
+                // Site-local (fec0::/10, deprecated), documentation
+                // (2001:db8::/32), and the prefixes that carry an IPv4
+                // address to a gateway that may reach private networks:
+                // NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16)
+                // and Teredo (2001::/32).
+                || first & 0xffc0 == 0xfec0
+                || (first == 0x2001 && (second == 0xdb8 || second == 0))
+                || (first == 0x64 && second == 0xff9b)
+                || first == 0x2002)
         }
     }
 }
@@ -409,6 +423,13 @@ impl ConnOutbound {
 
     /// Notes that lookup stream `stream` is for `name`.
     pub fn lookup_started(&self, stream: u32, name: &str) {
+        // An address looked up as a name opens nothing: the connect
+        // decides whether it may be reached. (Its stream may have the id of
+        // an earlier lookup's, whose ports must not carry over.)
+        if name.parse::<IpAddr>().is_ok() {
+            self.state().lookups_open.remove(&stream);
+            return;
+        }
         if let Some(policy) = &self.policy {
             let ports = policy.ports_of(name);
             self.state().lookups_open.insert(stream, ports);
@@ -524,6 +545,11 @@ mod tests {
         assert!(!connect(&conn, "93.184.215.14:80"));
         // A name pointed at a private address does not open it.
         assert!(!connect(&conn, "127.0.0.1:443"));
+        // An address looked up as a name, on a reused stream id, gets
+        // nothing from the name looked up before.
+        conn.lookup_started(7, "8.8.8.8");
+        conn.resolved(7, "8.8.8.8".parse().unwrap());
+        assert!(!connect(&conn, "8.8.8.8:443"));
         assert!(!connect(&conn, "93.184.215.15:443"));
     }
 
@@ -538,6 +564,24 @@ mod tests {
         assert!(!second.open_socket(), "three per service");
         drop(first);
         assert!(second.open_socket(), "a connection's end frees its sockets");
+    }
+
+    #[test]
+    fn gateways_to_private_networks_are_not_public() {
+        for ip in [
+            "64:ff9b::a00:5",
+            "2002:a00:5::1",
+            "2001:0:a00:5::1",
+            "fec0::1",
+            "192.0.0.8",
+            "198.19.0.1",
+            "10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

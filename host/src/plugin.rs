@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use std::net::IpAddr;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker, Resource, ResourceType, WasmList};
+use wasmtime::component::{Component, Linker, Resource, ResourceType, WasmList, WasmStr};
 use wasmtime::error::Context;
+use wasmtime::{AsContext, StoreContextMut};
 use wasmtime::{Engine, Result, bail, format_err};
 
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
@@ -25,7 +26,9 @@ use wasmtime_wasi_io::bindings::wasi::io::poll;
 
 use crate::bindings::HandlerPre;
 use crate::cache::{Cache, Key};
-use crate::keyvalue::{MAX_BATCH, OpenBucket, too_many_keys};
+use crate::keyvalue::{
+    KvError, MAX_BATCH, OpenBucket, check_key_size, check_value_size, too_many_keys,
+};
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -281,18 +284,21 @@ fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
         |mut store, (socket,): (Resource<TcpSocket>,)| {
             let state = store.data_mut();
             let rep = socket.rep();
-            if state.connects.timed_out(rep) {
-                if state.connects.report_timeout(rep) {
-                    state.outbound.connect_timed_out();
-                }
+            if state.connects.timeout_reported(rep) {
                 return Ok((Err(ErrorCode::Timeout),));
             }
             let finished = error_code(tcp::HostTcpSocket::finish_connect(
                 &mut state.sockets(),
                 socket,
             ))?;
-            if !matches!(finished, Err(ErrorCode::WouldBlock)) {
-                state.connects.ended(rep);
+            match finished {
+                Err(ErrorCode::WouldBlock) if state.connects.timed_out(rep) => {
+                    state.connects.report_timeout(rep);
+                    state.outbound.connect_timed_out();
+                    return Ok((Err(ErrorCode::Timeout),));
+                }
+                Err(ErrorCode::WouldBlock) => {}
+                _ => state.connects.ended(rep),
             }
             Ok((finished,))
         },
@@ -312,7 +318,7 @@ fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
         ResourceType::host::<TcpSocket>(),
         |mut store, rep| {
             let state = store.data_mut();
-            state.connects.ended(rep);
+            state.connects.dropped(rep);
             tcp::HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
         },
     )?;
@@ -358,16 +364,26 @@ fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the key-value calls that take values with ones that copy each
-/// value out of the plugin's memory in one go: the generated bindings lift
-/// a `list<u8>` element by element, which kept a worker thread busy for
-/// milliseconds per MiB, long enough to stall every connection beside it.
+/// Replaces the key-value calls that take keys and values with ones that
+/// check each one's size before copying it out of the plugin's memory, and
+/// copy a value in one go. The generated bindings copy whole lists first,
+/// and a list's entries may all point at the same large string in the
+/// plugin's memory: a small call could make the host copy terabytes. (They
+/// also lift a `list<u8>` element by element, which kept a worker thread
+/// busy for milliseconds per MiB.)
 fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.instance(KEYVALUE_STORE_INTERFACE)?.func_wrap_async(
         "[method]bucket.set",
-        |mut store, (bucket, key, value): (Resource<OpenBucket>, String, WasmList<u8>)| {
+        |mut store, (bucket, key, value): (Resource<OpenBucket>, WasmStr, WasmList<u8>)| {
             Box::new(async move {
+                let key = match checked_key(&store, &key)? {
+                    Ok(key) => key,
+                    Err(error) => return Ok((store.data().answer(Err(error)),)),
+                };
+                if let Err(error) = check_value_size(value.len()) {
+                    return Ok((store.data().answer(Err(error)),));
+                }
                 let value = value.as_le_slice(&store).to_vec();
                 let bucket = store.data_mut().open_bucket(&bucket)?;
                 let set = bucket.set(&key, value).await;
@@ -375,22 +391,64 @@ fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
             })
         },
     )?;
-    linker.instance(KEYVALUE_BATCH_INTERFACE)?.func_wrap_async(
+    let mut batch = linker.instance(KEYVALUE_BATCH_INTERFACE)?;
+    batch.func_wrap_async(
         "set-many",
-        |mut store, (bucket, entries): (Resource<OpenBucket>, WasmList<(String, WasmList<u8>)>)| {
+        |mut store,
+         (bucket, entries): (Resource<OpenBucket>, WasmList<(WasmStr, WasmList<u8>)>)| {
             Box::new(async move {
                 if entries.len() > MAX_BATCH {
                     return Ok((store.data().answer(Err(too_many_keys())),));
                 }
-                let entries: Vec<(String, WasmList<u8>)> =
+                let entries: Vec<(WasmStr, WasmList<u8>)> =
                     entries.iter(&mut store)?.collect::<Result<_>>()?;
-                let entries: Vec<(String, Vec<u8>)> = entries
-                    .into_iter()
-                    .map(|(key, value)| (key, value.as_le_slice(&store).to_vec()))
-                    .collect();
+                let mut keys = Vec::with_capacity(entries.len());
+                for (key, value) in &entries {
+                    let key = match checked_key(&store, key)? {
+                        Ok(key) => key,
+                        Err(error) => return Ok((store.data().answer(Err(error)),)),
+                    };
+                    if let Err(error) = check_value_size(value.len()) {
+                        return Ok((store.data().answer(Err(error)),));
+                    }
+                    keys.push(key);
+                }
                 let bucket = store.data_mut().open_bucket(&bucket)?;
-                for (key, value) in entries {
+                for (key, (_, value)) in keys.into_iter().zip(entries) {
+                    let value = value.as_le_slice(&store).to_vec();
                     if let Err(error) = bucket.set(&key, value).await {
+                        return Ok((store.data().answer(Err(error)),));
+                    }
+                }
+                Ok((Ok(()),))
+            })
+        },
+    )?;
+    batch.func_wrap_async(
+        "get-many",
+        |mut store, (bucket, keys): (Resource<OpenBucket>, WasmList<WasmStr>)| {
+            Box::new(async move {
+                let keys = match checked_keys(&mut store, keys)? {
+                    Ok(keys) => keys,
+                    Err(error) => return Ok((store.data().answer(Err(error)),)),
+                };
+                let bucket = store.data_mut().open_bucket(&bucket)?;
+                let values = bucket.get_many(keys).await;
+                Ok((store.data().answer(values),))
+            })
+        },
+    )?;
+    batch.func_wrap_async(
+        "delete-many",
+        |mut store, (bucket, keys): (Resource<OpenBucket>, WasmList<WasmStr>)| {
+            Box::new(async move {
+                let keys = match checked_keys(&mut store, keys)? {
+                    Ok(keys) => keys,
+                    Err(error) => return Ok((store.data().answer(Err(error)),)),
+                };
+                let bucket = store.data_mut().open_bucket(&bucket)?;
+                for key in keys {
+                    if let Err(error) = bucket.delete(&key).await {
                         return Ok((store.data().answer(Err(error)),));
                     }
                 }
@@ -400,6 +458,37 @@ fn copy_values(linker: &mut Linker<ConnState>) -> Result<()> {
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// The keys of a batch call, copied once the list's length and each key's
+/// size are checked; a trap stays a trap.
+fn checked_keys(
+    store: &mut StoreContextMut<'_, ConnState>,
+    keys: WasmList<WasmStr>,
+) -> Result<std::result::Result<Vec<String>, KvError>> {
+    if keys.len() > MAX_BATCH {
+        return Ok(Err(too_many_keys()));
+    }
+    let keys: Vec<WasmStr> = keys.iter(&mut *store)?.collect::<Result<_>>()?;
+    let mut checked = Vec::with_capacity(keys.len());
+    for key in &keys {
+        match checked_key(&*store, key)? {
+            Ok(key) => checked.push(key),
+            Err(error) => return Ok(Err(error)),
+        }
+    }
+    Ok(Ok(checked))
+}
+
+/// A key, copied out of the plugin's memory if it is not too long. (The
+/// text is checked in place, so the first key over the limit ends the
+/// call before anything large is copied.)
+fn checked_key(
+    store: impl AsContext<Data = ConnState>,
+    key: &WasmStr,
+) -> Result<std::result::Result<String, KvError>> {
+    let text = key.to_str(&store)?;
+    Ok(check_key_size(text.len()).map(|()| text.into_owned()))
 }
 
 const KEYVALUE_STORE_INTERFACE: &str = "wasi:keyvalue/store@0.2.0-draft";

@@ -336,6 +336,11 @@ listen = ["127.0.0.1:0"]
             ],
         ),
         (
+            "bucket name with a colon",
+            format!("{service}[keyvalue.\"a:b\"]\n"),
+            &["portico.toml:4:", "a bucket name is letters"],
+        ),
+        (
             "unknown messaging backend",
             format!("{service}[messaging]\nbackend = \"kafka\"\n"),
             &[

@@ -116,24 +116,32 @@ fn bucket_full(max_keys: u64) -> KvError {
     limit(format!("bucket full: {max_keys} keys"))
 }
 
-fn check_key(key: &str) -> KvResult<()> {
-    if key.len() > MAX_KEY_BYTES {
+/// Refuses a key of `len` bytes if it is too long.
+pub fn check_key_size(len: usize) -> KvResult<()> {
+    if len > MAX_KEY_BYTES {
         return Err(limit(format!(
-            "key of {} bytes, more than the {MAX_KEY_BYTES} allowed",
-            key.len()
+            "key of {len} bytes, more than the {MAX_KEY_BYTES} allowed"
         )));
     }
     Ok(())
 }
 
-fn check_value(value: &[u8]) -> KvResult<()> {
-    if value.len() > MAX_VALUE_BYTES {
+/// Refuses a value of `len` bytes if it is too large.
+pub fn check_value_size(len: usize) -> KvResult<()> {
+    if len > MAX_VALUE_BYTES {
         return Err(limit(format!(
-            "value of {} bytes, more than the {MAX_VALUE_BYTES} allowed",
-            value.len()
+            "value of {len} bytes, more than the {MAX_VALUE_BYTES} allowed"
         )));
     }
     Ok(())
+}
+
+fn check_key(key: &str) -> KvResult<()> {
+    check_key_size(key.len())
+}
+
+fn check_value(value: &[u8]) -> KvResult<()> {
+    check_value_size(value.len())
 }
 
 /// The counter `value` holds plus `delta`.
@@ -207,6 +215,22 @@ impl Bucket {
     pub async fn increment(&self, key: &str, delta: u64) -> KvResult<u64> {
         check_key(key)?;
         self.backend.increment(key, delta).await
+    }
+
+    /// The values of `keys`, each with its key, at most
+    /// [`MAX_ANSWER_BYTES`] of them together.
+    pub async fn get_many(&self, keys: Vec<String>) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
+        for key in keys {
+            let value = self.get(&key).await?;
+            bytes += value.as_ref().map_or(0, Vec::len);
+            if bytes > MAX_ANSWER_BYTES {
+                return Err(answer_too_large());
+            }
+            values.push(value.map(|value| (key, value)));
+        }
+        Ok(values)
     }
 }
 
@@ -319,6 +343,16 @@ impl atomics::Host for ConnState {
 /// Most keys one batch call may name: each is a backend operation.
 pub const MAX_BATCH: usize = 1000;
 
+/// Most bytes of values one `get-many` answers with: the answer is built in
+/// the host before it is copied into the plugin.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+pub fn answer_too_large() -> KvError {
+    limit(format!(
+        "the values asked for come to more than {MAX_ANSWER_BYTES} bytes"
+    ))
+}
+
 pub fn too_many_keys() -> KvError {
     limit(format!("more than {MAX_BATCH} keys in one call"))
 }
@@ -333,14 +367,8 @@ impl batch::Host for ConnState {
             return Ok(self.answer(Err(too_many_keys())));
         }
         let bucket = self.bucket(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            match bucket.get(&key).await {
-                Ok(value) => values.push(value.map(|value| (key, value))),
-                Err(error) => return Ok(self.answer(Err(error))),
-            }
-        }
-        Ok(Ok(values))
+        let values = bucket.get_many(keys).await;
+        Ok(self.answer(values))
     }
 
     async fn set_many(
