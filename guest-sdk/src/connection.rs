@@ -4,6 +4,8 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::bindings::portico::plugin::connection;
+pub use crate::bindings::portico::plugin::connection::{ClientCertificate, TlsSession};
 use crate::bindings::portico::plugin::types::ConnectionInfo;
 use crate::bindings::wasi::clocks::monotonic_clock;
 use crate::bindings::wasi::io::poll;
@@ -56,7 +58,8 @@ impl<'a> Connection<'a> {
         self.info.id
     }
 
-    /// The client's address.
+    /// The client's address (behind a trusted proxy that sends a PROXY
+    /// protocol header, the one the header gives).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         parse_addr(&self.info.peer_address)
     }
@@ -64,6 +67,21 @@ impl<'a> Connection<'a> {
     /// The host's address that the client connected to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         parse_addr(&self.info.local_address)
+    }
+
+    /// What the TLS handshake established (server name, ALPN protocol,
+    /// client certificate...), on a TLS listener; `None` on a plain one.
+    /// The host needs contract 0.3.0 or later.
+    pub fn tls(&self) -> Option<TlsSession> {
+        connection::tls()
+    }
+
+    /// Whether [`peer_addr`](Self::peer_addr) and
+    /// [`local_addr`](Self::local_addr) came from a PROXY protocol header
+    /// that a trusted proxy sent, rather than from the socket. The host
+    /// needs contract 0.3.0 or later.
+    pub fn proxied(&self) -> bool {
+        connection::proxied()
     }
 
     /// Makes reads wait at most `timeout` for data, then fail with

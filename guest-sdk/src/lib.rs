@@ -49,7 +49,8 @@
 //!
 //! Read and write its connection, read the clock, get random numbers, print
 //! to stdout and stderr (each line lands in the host's log, tagged with the
-//! connection id) and read its settings with [`config::get`]. Where the
+//! connection id), read its settings with [`config::get`], and learn what
+//! TLS established ([`Connection::tls`]). Where the
 //! operator granted it, connect to other servers with [`net::TcpStream`], and
 //! serve the client and those servers at once with [`net::wait_readable`];
 //! keep state beyond one connection in a [`keyvalue::Bucket`]; reach other
@@ -70,7 +71,7 @@ pub mod keyvalue;
 pub mod net;
 pub mod pubsub;
 
-pub use connection::{Connection, Input, Output};
+pub use connection::{ClientCertificate, Connection, Input, Output, TlsSession};
 
 /// The generated WIT bindings, for the [`export!`] macro. Not a stable API.
 #[doc(hidden)]

@@ -67,7 +67,7 @@ fn describe() {
     );
     describe_counter!(
         "portico_connections_refused_total",
-        "Connections closed at once: the queue was full, or the filter did not admit the client."
+        "Connections closed before any instance: the queue was full (full), the filter did not admit the client (filtered), no valid PROXY header from a trusted proxy (proxy-header), too many handshakes in progress (handshakes)."
     );
     describe_counter!(
         "portico_connections_closed_total",
@@ -203,6 +203,8 @@ fn record_counts(service: &str, counters: &Counters) {
     for (reason, count) in [
         ("full", &counters.refused),
         ("filtered", &counters.filtered),
+        ("proxy-header", &counters.proxy_header_refusals),
+        ("handshakes", &counters.handshakes_refused),
     ] {
         counter!("portico_connections_refused_total", "service" => label(), "reason" => reason)
             .absolute(get(count));

@@ -3,17 +3,19 @@
 //! host serves: the config file's services, or the one service the flags
 //! describe, before anything listens.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use ipnet::IpNet;
 
 use crate::config::{self, Config, LogFormat, PeerFilter};
 use crate::keyvalue::{self, BackendSpec, BucketSpec};
 use crate::messaging::Pattern;
 use crate::outbound::Rule;
+use crate::proxy_protocol::{self, ProxySpec};
 use crate::sandbox::Limits;
 use crate::server::Source;
 use crate::tls::{CertificateFiles, TlsSpec};
@@ -215,6 +217,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
     pub tls_handshake_timeout: Duration,
 
+    /// Expect a PROXY protocol header (version 1 or 2) at the start of
+    /// every connection, sent by a proxy in this network (CIDR or address;
+    /// repeatable). Connections from anywhere else are refused.
+    #[arg(long, value_name = "NETWORK", value_parser = parse_network, conflicts_with = "config_file")]
+    pub proxy_protocol_from: Vec<IpNet>,
+
     /// How long a plugin's outbound connect may take; then it fails with
     /// `timeout`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
@@ -269,6 +277,12 @@ impl Args {
                     .collect(),
                 messaging: self.allow_messaging.clone(),
                 tls: self.tls(),
+                proxy_protocol: (!self.proxy_protocol_from.is_empty()).then(|| ProxySpec {
+                    v1: true,
+                    v2: true,
+                    trusted: self.proxy_protocol_from.clone(),
+                    timeout: proxy_protocol::DEFAULT_TIMEOUT,
+                }),
             }],
             messaging: Default::default(),
         };
@@ -333,4 +347,10 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("{error} (write durations like 500ms, 10s or 5m)"))
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a network: write it as CIDR, like 10.0.0.0/8"))
 }

@@ -23,6 +23,7 @@ use toml::Spanned;
 use crate::keyvalue::{self, BackendSpec, BucketSpec};
 use crate::messaging::{self, Pattern};
 use crate::outbound::Rule;
+use crate::proxy_protocol::ProxySpec;
 use crate::sandbox::Limits;
 use crate::tls::{CertificateFiles, TlsSpec};
 
@@ -64,6 +65,8 @@ pub struct Service {
     pub messaging: Vec<Pattern>,
     /// TLS on every listener of the service, if set.
     pub tls: Option<TlsSpec>,
+    /// A PROXY protocol header before anything else, if set.
+    pub proxy_protocol: Option<ProxySpec>,
 }
 
 /// How log lines are written: text for people, JSON for log shippers.
@@ -216,7 +219,16 @@ with_limit_keys!(ServiceTable {
     peers: Option<PeersTable>,
     grants: Option<GrantsTable>,
     tls: Option<Spanned<TlsTable>>,
+    proxy_protocol: Option<Spanned<ProxyTable>>,
 });
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ProxyTable {
+    versions: Option<Vec<Spanned<String>>>,
+    trusted: Vec<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -442,6 +454,10 @@ impl Source<'_> {
                 Some(tls) => Some(self.tls(tls, folder, &key("tls"))?),
                 None => None,
             };
+            let proxy_protocol = match &table.proxy_protocol {
+                Some(proxy) => Some(self.proxy_protocol(proxy, &key("proxy-protocol"))?),
+                None => None,
+            };
             services.push(Service {
                 name: name.clone(),
                 plugin: folder.join(table.plugin.get_ref()),
@@ -453,6 +469,7 @@ impl Source<'_> {
                 keyvalue: granted,
                 messaging,
                 tls,
+                proxy_protocol,
             });
         }
         Ok(Config {
@@ -595,6 +612,53 @@ impl Source<'_> {
             alpn: tls.alpn.clone(),
             handshake_timeout,
         })
+    }
+
+    /// A service's `proxy-protocol` table.
+    fn proxy_protocol(&self, table: &Spanned<ProxyTable>, key: &str) -> Result<ProxySpec> {
+        let proxy = table.get_ref();
+        let mut spec = ProxySpec {
+            v1: true,
+            v2: true,
+            trusted: self.networks(&proxy.trusted, &format!("{key}.trusted"))?,
+            timeout: crate::proxy_protocol::DEFAULT_TIMEOUT,
+        };
+        if spec.trusted.is_empty() {
+            return Err(self.error(
+                table.span(),
+                &format!("{key}.trusted"),
+                "no trusted proxy: list the networks of the proxies that send the header",
+            ));
+        }
+        if let Some(versions) = &proxy.versions {
+            (spec.v1, spec.v2) = (false, false);
+            for version in versions {
+                match version.get_ref().as_str() {
+                    "v1" => spec.v1 = true,
+                    "v2" => spec.v2 = true,
+                    other => {
+                        return Err(self.error(
+                            version.span(),
+                            &format!("{key}.versions"),
+                            format!(
+                                "{other:?} is not a PROXY protocol version: use \"v1\" or \"v2\""
+                            ),
+                        ));
+                    }
+                }
+            }
+            if versions.is_empty() {
+                return Err(self.error(
+                    table.span(),
+                    &format!("{key}.versions"),
+                    "no version: list \"v1\", \"v2\" or both",
+                ));
+            }
+        }
+        if let Some(timeout) = &proxy.timeout {
+            spec.timeout = self.positive_duration(timeout, &format!("{key}.timeout"))?;
+        }
+        Ok(spec)
     }
 
     /// `base` with every limit given in `keys` (written in table `table`)

@@ -41,6 +41,12 @@ counters! {
     /// Connections closed at once because the service's filter did not
     /// admit the client.
     filtered,
+    /// Connections closed without a valid PROXY protocol header from a
+    /// trusted proxy, on a listener that expects one.
+    proxy_header_refusals,
+    /// Connections closed at once because as many as the service may serve
+    /// were still in their PROXY header or TLS handshake.
+    handshakes_refused,
     /// Plugins whose `run` returned `ok` (or that exited with status 0).
     finished,
     /// Plugins that trapped (panics and aborts included).

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! A connection flows accept → filter → admit → instantiate → run → close:
+//! A connection flows accept → PROXY header → filter → TLS handshake →
+//! admit → instantiate → run → close:
 //!
 //! - [`cli`]: the flags, with their defaults and checks.
 //! - [`config`]: what the host serves: services from the config file, or
@@ -15,7 +16,12 @@
 //!   pre-instantiated; [`cache`] keeps the compiled code on disk.
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called under the limits.
+//! - [`proxy_protocol`]: the client's address from a trusted proxy's
+//!   PROXY protocol header; [`tls`]: TLS termination. Both happen before a
+//!   connection is admitted.
 //! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
+//! - [`connection`]: what a plugin may ask of its connection
+//!   (`portico:plugin/connection`): TLS details, whether it was proxied.
 //! - [`keyvalue`]: key-value buckets (`wasi:keyvalue`) in memory, in a
 //!   file or in Redis, opened only by services granted them.
 //! - [`messaging`]: messages between connections (`portico:plugin/pubsub`).
@@ -36,12 +42,14 @@ pub mod bindings;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod connects;
 pub mod counters;
 pub mod keyvalue;
 pub mod messaging;
 pub mod outbound;
 pub mod plugin;
+pub mod proxy_protocol;
 pub mod reclaim;
 pub mod sandbox;
 pub mod server;

@@ -101,7 +101,10 @@ impl Plugin {
             store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             atomics::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             batch::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
-            crate::bindings::portico::plugin::pubsub::add_to_linker::<_, HasSelf<ConnState>>(
+            use crate::bindings::portico::plugin::{connection, pubsub};
+            pubsub::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+            connection::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+            crate::bindings::v0_2::portico::plugin::pubsub::add_to_linker::<_, HasSelf<ConnState>>(
                 &mut linker,
                 |state| state,
             )?;

@@ -225,6 +225,9 @@ pub struct ConnState {
     /// The key-value buckets the plugin may open.
     pub(crate) buckets: Arc<Granted>,
     pub(crate) messaging: ConnMessaging,
+    /// The client's socket; `None` in the instance that checks a plugin
+    /// at load, which serves no one.
+    pub(crate) socket: Option<Arc<Socket>>,
     memory: MemoryLimit,
 }
 
@@ -351,6 +354,7 @@ impl Sandbox {
             connects: Connects::new(self.limits.connect_timeout),
             buckets: self.buckets.clone(),
             messaging: ConnMessaging::new(self.messaging.clone(), self.counters.clone()),
+            socket: None,
             memory: MemoryLimit {
                 service: self.service.clone(),
                 conn,
@@ -453,6 +457,7 @@ impl Sandbox {
     /// A fresh store for connection `id`, holding the socket's two streams.
     fn connection_store(&self, id: u64, socket: &Arc<Socket>) -> Result<ConnStore> {
         let mut store = self.new_store(id);
+        store.data_mut().socket = Some(socket.clone());
         let table = &mut store.data_mut().table;
         let input: DynInputStream = Box::new(SocketInput::new(socket.clone()));
         let output: DynOutputStream = Box::new(SocketOutput::new(socket.clone()));

@@ -537,7 +537,6 @@ async fn accept_loop(
     listener: TcpListener,
     mut serving: watch::Receiver<Option<Arc<Version>>>,
 ) {
-    let mut last_refusal_warning: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -561,72 +560,182 @@ async fn accept_loop(
         let Some(version) = serving.borrow().clone() else {
             return;
         };
-        let id = host.next_id.fetch_add(1, Relaxed) + 1;
-        let service = version.name();
-        let counters = version.sandbox.counters.clone();
-        count(&counters.total);
-        if !version.spec.peers.admits(peer.ip()) {
-            count(&counters.filtered);
-            debug!(service, conn = id, %peer, "refused: filtered");
+        let arrival = Arrival {
+            id: host.next_id.fetch_add(1, Relaxed) + 1,
+            accepted: Instant::now(),
+            tcp,
+            peer,
+            local: None,
+            proxied: false,
+            tls: None,
+        };
+        count(&version.sandbox.counters.total);
+        if !version.has_front_door() {
+            if admits(&version, &arrival) {
+                admit(&host, version, arrival);
+            }
             continue;
         }
-
-        let places = version.places.clone();
-        let max_queued = version.sandbox.limits.max_queued;
-        let serve = {
-            let version = version.clone();
-            move |place| serve_connection(version, tcp, peer, id, place)
+        let Ok(handshake) = version.handshakes.clone().try_acquire_owned() else {
+            count(&version.sandbox.counters.handshakes_refused);
+            warn_of_refusal(&version, &arrival, "handshakes in progress");
+            continue;
         };
-        if let Ok(place) = places.clone().try_acquire_owned() {
-            host.tracker.spawn(serve(place));
-        } else if counters.queued.load(Relaxed) < u64::from(max_queued) {
-            count(&counters.queued);
-            info!(service, conn = id, %peer, "queued: all places taken");
-            let stop = host.stop.clone();
-            host.tracker.spawn(async move {
-                let place = tokio::select! {
-                    place = places.acquire_owned() => place,
-                    () = stop.cancelled() => {
-                        counters.queued.fetch_sub(1, Relaxed);
-                        return;
-                    }
-                };
-                counters.queued.fetch_sub(1, Relaxed);
-                // The semaphore is never closed, so acquiring cannot fail.
-                if let Ok(place) = place {
-                    serve(place).await;
-                }
-            });
+        let host = host.clone();
+        host.clone().tracker.spawn(async move {
+            let Some(arrival) = front_door(&version, arrival).await else {
+                return;
+            };
+            drop(handshake);
+            if !host.accepting.is_cancelled() {
+                admit(&host, version, arrival);
+            }
+        });
+    }
+}
+
+/// A connection between its accept and its admission.
+struct Arrival {
+    id: u64,
+    accepted: Instant,
+    tcp: TcpStream,
+    /// The client: the socket's peer, or the address a PROXY header gave.
+    peer: SocketAddr,
+    /// The address the client connected to, if a PROXY header gave it.
+    local: Option<SocketAddr>,
+    /// Whether `peer` and `local` came from a PROXY header.
+    proxied: bool,
+    /// The TLS session, once the handshake is done.
+    tls: Option<rustls::ServerConnection>,
+}
+
+/// Whether the service's filter admits the client; if not, counts it.
+fn admits(version: &Version, arrival: &Arrival) -> bool {
+    if version.spec.peers.admits(arrival.peer.ip()) {
+        return true;
+    }
+    count(&version.sandbox.counters.filtered);
+    debug!(service = version.name(), conn = arrival.id, peer = %arrival.peer, "refused: filtered");
+    false
+}
+
+/// Takes a connection through what comes before admission: the PROXY
+/// header, the filter, the TLS handshake. `None` if it was closed there
+/// (counted, and logged at debug level: a client can cause these at will).
+async fn front_door(version: &Version, mut arrival: Arrival) -> Option<Arrival> {
+    let (service, counters) = (version.name(), &version.sandbox.counters);
+    if let Some(proxy) = &version.spec.proxy_protocol {
+        let header = if proxy.trusts(arrival.peer.ip()) {
+            proxy.read_header(&mut arrival.tcp).await
         } else {
-            count(&counters.refused);
-            drop(serve);
-            let due =
-                last_refusal_warning.is_none_or(|last| last.elapsed() >= REFUSAL_WARNING_INTERVAL);
-            if due {
-                last_refusal_warning = Some(Instant::now());
-                warn!(
-                    service, conn = id, %peer, refused = counters.refused.load(Relaxed),
-                    "refused: {} connections served and {max_queued} queued",
-                    version.max_connections
-                );
+            Err(anyhow::anyhow!("the peer is not a trusted proxy"))
+        };
+        match header {
+            Ok(Some(addresses)) => {
+                arrival.peer = addresses.source;
+                arrival.local = Some(addresses.destination);
+                arrival.proxied = true;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                count(&counters.proxy_header_refusals);
+                debug!(service, conn = arrival.id, socket_peer = %arrival.peer, "refused: PROXY header: {error:#}");
+                return None;
             }
         }
     }
+    if !admits(version, &arrival) {
+        return None;
+    }
+    if let Some(tls) = &version.tls {
+        match tls.accept(arrival.tcp).await {
+            Ok((tcp, session)) => {
+                arrival.tcp = tcp;
+                arrival.tls = Some(session);
+            }
+            Err(error) => {
+                count(&counters.tls_handshake_failures);
+                debug!(service, conn = arrival.id, peer = %arrival.peer, "closed: TLS {error:#}");
+                return None;
+            }
+        }
+    }
+    Some(arrival)
+}
+
+/// Admits a connection (see the module doc): serves it if a place is
+/// free, else queues it if the queue has room, else closes it.
+fn admit(host: &Arc<Host>, version: Arc<Version>, arrival: Arrival) {
+    let counters = version.sandbox.counters.clone();
+    let places = version.places.clone();
+    let max_queued = version.sandbox.limits.max_queued;
+    if let Ok(place) = places.clone().try_acquire_owned() {
+        host.tracker
+            .spawn(serve_connection(version, arrival, place));
+    } else if counters.queued.load(Relaxed) < u64::from(max_queued) {
+        count(&counters.queued);
+        info!(service = version.name(), conn = arrival.id, peer = %arrival.peer, "queued: all places taken");
+        let stop = host.stop.clone();
+        host.tracker.spawn(async move {
+            let place = tokio::select! {
+                place = places.acquire_owned() => place,
+                () = stop.cancelled() => {
+                    counters.queued.fetch_sub(1, Relaxed);
+                    return;
+                }
+            };
+            counters.queued.fetch_sub(1, Relaxed);
+            // The semaphore is never closed, so acquiring cannot fail.
+            if let Ok(place) = place {
+                serve_connection(version, arrival, place).await;
+            }
+        });
+    } else {
+        count(&counters.refused);
+        let why = format!(
+            "{} connections served and {max_queued} queued",
+            version.max_connections
+        );
+        warn_of_refusal(&version, &arrival, &why);
+    }
+}
+
+/// Warns that a connection was refused, at most once a
+/// [`REFUSAL_WARNING_INTERVAL`] per service version: a flood must not
+/// flood the log too.
+fn warn_of_refusal(version: &Version, arrival: &Arrival, why: &str) {
+    let mut last = version
+        .last_refusal_warning
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if last.is_some_and(|last| last.elapsed() < REFUSAL_WARNING_INTERVAL) {
+        return;
+    }
+    *last = Some(Instant::now());
+    let counters = &version.sandbox.counters;
+    let refused = counters.refused.load(Relaxed) + counters.handshakes_refused.load(Relaxed);
+    warn!(service = version.name(), conn = arrival.id, peer = %arrival.peer, refused, "refused: {why}");
 }
 
 /// Serves one admitted connection from start to close, and logs it. The
 /// place is given back when this returns.
-async fn serve_connection(
-    version: Arc<Version>,
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    _place: OwnedSemaphorePermit,
-) {
-    let accepted = Instant::now();
+async fn serve_connection(version: Arc<Version>, arrival: Arrival, _place: OwnedSemaphorePermit) {
+    let Arrival {
+        id,
+        accepted,
+        tcp,
+        peer,
+        local,
+        proxied,
+        tls,
+    } = arrival;
     let service = version.name();
-    info!(service, conn = id, %peer, "accepted");
-    let local = match tcp.local_addr() {
+    if proxied {
+        info!(service, conn = id, %peer, proxied, "accepted");
+    } else {
+        info!(service, conn = id, %peer, "accepted");
+    }
+    let local = match local.map_or_else(|| tcp.local_addr(), Ok) {
         Ok(local) => local,
         Err(error) => {
             warn!(
@@ -643,23 +752,9 @@ async fn serve_connection(
 
     let sandbox = &version.sandbox;
     let counters = &sandbox.counters;
-    let tls = match &version.tls {
-        Some(tls) => match tls.accept(tcp).await {
-            Ok((handshaken, session)) => {
-                tcp = handshaken;
-                Some(session)
-            }
-            Err(error) => {
-                count(&counters.tls_handshake_failures);
-                debug!(service, conn = id, %peer, "closed: TLS {error:#}");
-                return;
-            }
-        },
-        None => None,
-    };
     counters.connection_started();
     version.reclaimer.connection_started();
-    let socket = Socket::new(tcp, tls);
+    let socket = Socket::new(tcp, tls, proxied);
     let info = ConnectionInfo {
         id,
         peer_address: peer.to_string(),

@@ -41,6 +41,12 @@ pub struct Version {
     pub reclaimer: Arc<Reclaimer>,
     /// The listeners' TLS, if the service has it.
     pub tls: Option<Arc<Tls>>,
+    /// One per connection in its PROXY header or TLS handshake, which
+    /// happen before it takes a place, so that slow handshakes never hold
+    /// places (as many as places: `max_connections`).
+    pub handshakes: Arc<Semaphore>,
+    /// When a refused connection was last warned of.
+    pub last_refusal_warning: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What every version gets from the host.
@@ -152,11 +158,19 @@ impl Version {
             max_connections,
             reclaimer,
             tls,
+            handshakes: Arc::new(Semaphore::new(max_connections as usize)),
+            last_refusal_warning: std::sync::Mutex::new(None),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Whether a connection has anything to go through (a PROXY header, a
+    /// TLS handshake) before it is admitted.
+    pub fn has_front_door(&self) -> bool {
+        self.tls.is_some() || self.spec.proxy_protocol.is_some()
     }
 
     /// Whether `spec` would build this same version: same settings, and a

@@ -44,10 +44,12 @@ pub struct Socket {
     last_activity_ms: AtomicU64,
     /// Bytes the plugin wrote that have not reached the socket yet.
     unsent: AtomicUsize,
+    /// Whether the client's address came from a PROXY protocol header.
+    proxied: bool,
 }
 
 impl Socket {
-    pub fn new(tcp: TcpStream, tls: Option<ServerConnection>) -> Arc<Self> {
+    pub fn new(tcp: TcpStream, tls: Option<ServerConnection>, proxied: bool) -> Arc<Self> {
         Arc::new(Self {
             tcp,
             tls: tls.map(Mutex::new),
@@ -57,11 +59,17 @@ impl Socket {
             accepted: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             unsent: AtomicUsize::new(0),
+            proxied,
         })
     }
 
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// Whether the client's address came from a PROXY protocol header.
+    pub fn proxied(&self) -> bool {
+        self.proxied
     }
 
     /// Bytes received from the client so far.

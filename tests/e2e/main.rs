@@ -31,3 +31,6 @@ mod sandbox;
 mod services;
 /// Bad plugin files and bad flags: one error line, exit status 2.
 mod startup;
+/// TLS termination with curl, openssl and rustls clients: SNI, ALPN,
+/// client certificates, reload, failed handshakes.
+mod tls;

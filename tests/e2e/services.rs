@@ -26,9 +26,10 @@ impl Scratch {
     }
 
     /// Writes `text` as `portico.toml`, with `{echo}`, `{misbehave}`,
-    /// `{greeter}`, `{tcp-proxy}`, `{redis-kv}` and `{chat}` standing for the
-    /// plugins' paths;
-    /// returns its path.
+    /// `{greeter}`, `{tcp-proxy}`, `{redis-kv}`, `{chat}` and `{http-hello}`
+    /// standing for the plugins' paths, and `{certs}` for the folder of
+    /// the test [`Certificates`](crate::util::Certificates) (made on first
+    /// use); returns its path.
     pub(crate) fn config(&self, text: &str) -> PathBuf {
         let text = [
             "echo",
@@ -37,11 +38,19 @@ impl Scratch {
             "tcp-proxy",
             "redis-kv",
             "chat",
+            "http-hello",
         ]
         .iter()
         .fold(text.to_string(), |text, name| {
             text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string())
         });
+        let text = match text.contains("{certs}") {
+            true => text.replace(
+                "{certs}",
+                &crate::util::Certificates::get().dir.display().to_string(),
+            ),
+            false => text,
+        };
         let path = self.0.join("portico.toml");
         std::fs::write(&path, text).unwrap();
         path

@@ -504,3 +504,177 @@ pub fn unanswering_listener() -> (socket2::Socket, Vec<TcpStream>) {
         .collect();
     (listener, queued)
 }
+
+/// Test certificates made with the `openssl` command: a CA; server
+/// certificates for `a.test` (also `localhost` and 127.0.0.1) and `b.test`
+/// that it issued; a client certificate for alice that it issued; and one
+/// for mallory from a CA nobody trusts. Made once per test binary.
+pub struct Certificates {
+    pub dir: PathBuf,
+}
+
+impl Certificates {
+    pub fn get() -> &'static Certificates {
+        static MADE: std::sync::OnceLock<Certificates> = std::sync::OnceLock::new();
+        MADE.get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("tls-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let certs = Certificates { dir };
+            certs.make_ca("ca", "Portico Test CA");
+            certs.make_ca("rogue-ca", "Rogue CA");
+            let server = "serverAuth";
+            certs.issue(
+                "ca",
+                "a",
+                "/CN=a.test",
+                "DNS:a.test,DNS:localhost,IP:127.0.0.1",
+                server,
+            );
+            certs.issue("ca", "b", "/CN=b.test", "DNS:b.test", server);
+            certs.issue(
+                "ca",
+                "alice",
+                "/O=Example/CN=alice",
+                "email:alice@example.com,URI:spiffe://example.com/alice",
+                "clientAuth",
+            );
+            certs.issue(
+                "rogue-ca",
+                "mallory",
+                "/CN=mallory",
+                "DNS:mallory.test",
+                "clientAuth",
+            );
+            certs
+        })
+    }
+
+    /// The path of `name` (`ca.pem`, `a.key`...).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .expect("openssl (from Debian's packages; `cargo xtask test` installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn make_ca(&self, name: &str, common_name: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={common_name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+
+    /// Issues `name.pem` and `name.key` from CA `ca`.
+    pub fn issue(&self, ca: &str, name: &str, subject: &str, alt_names: &str, usage: &str) {
+        self.openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
+            "-addext",
+            &format!("subjectAltName={alt_names}"),
+            "-addext",
+            &format!("extendedKeyUsage={usage}"),
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-copy_extensions",
+            "copyall",
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+}
+
+/// A TLS client connection (rustls) to `addr`, asking for `server_name`,
+/// trusting the test CA, and presenting `client` (a name in
+/// [`Certificates`]) if given.
+pub fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    client: Option<&str>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let certs = Certificates::get();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(certs.path("ca.pem")).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(name) => {
+            let chain = CertificateDer::pem_file_iter(certs.path(&format!("{name}.pem")))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(certs.path(&format!("{name}.key"))).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_write_timeout(Some(TIMEOUT))?;
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    // Complete the handshake now, so that its failure shows here.
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}

@@ -1,8 +1,9 @@
 //! http-hello: a minimal HTTP/1.1 server, to show that a plugin can speak a
 //! real protocol over its one connection.
 //!
-//! `GET /` answers with a small page; any other path is 404, any other
-//! method 405. Connections stay open for further requests (HTTP/1.1
+//! `GET /` answers with a small page, and `GET /whoami` with what the host
+//! told the plugin of the connection: the client's address, and what TLS
+//! established; any other path is 404, any other method 405. Connections stay open for further requests (HTTP/1.1
 //! keep-alive) until the client asks to close or stays quiet for
 //! [`IDLE_TIMEOUT`]. A request that does not parse gets 400 and the
 //! connection is closed.
@@ -34,6 +35,7 @@ struct Request {
 impl Handler for HttpHello {
     fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
         conn.set_read_timeout(Some(IDLE_TIMEOUT));
+        let whoami = whoami(conn);
         let (input, output) = conn.split();
         let mut received = Vec::with_capacity(4096);
         loop {
@@ -52,6 +54,7 @@ impl Handler for HttpHello {
             skip_body(input, &mut received, request.body_len)?;
             match (request.method.as_str(), request.path.as_str()) {
                 ("GET", "/") => respond(output, "200 OK", PAGE, request.keep_alive)?,
+                ("GET", "/whoami") => respond(output, "200 OK", &whoami, request.keep_alive)?,
                 ("GET", _) => respond(output, "404 Not Found", "not found\n", request.keep_alive)?,
                 _ => respond(
                     output,
@@ -65,6 +68,33 @@ impl Handler for HttpHello {
             }
         }
     }
+}
+
+/// What the host told of the connection, a `name: value` line each.
+fn whoami(conn: &Connection) -> String {
+    let mut lines = vec![
+        format!(
+            "peer: {}",
+            conn.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+        ),
+        format!("proxied: {}", conn.proxied()),
+    ];
+    if let Some(tls) = conn.tls() {
+        lines.push(format!(
+            "tls: {} {}",
+            tls.protocol_version, tls.cipher_suite
+        ));
+        lines.push(format!("sni: {}", tls.server_name.unwrap_or_default()));
+        lines.push(format!("alpn: {}", tls.alpn_protocol.unwrap_or_default()));
+        if let Some(cert) = tls.client_certificate {
+            lines.push(format!("client-subject: {}", cert.subject));
+            lines.push(format!(
+                "client-names: {}",
+                cert.subject_alt_names.join(", ")
+            ));
+        }
+    }
+    lines.join("\n") + "\n"
 }
 
 /// Reads until `received` holds a whole request head, then parses and
@@ -144,8 +174,14 @@ fn respond(
     keep_alive: bool,
 ) -> portico_guest_sdk::Result {
     let connection = if keep_alive { "keep-alive" } else { "close" };
+    // Only the page is HTML; errors and /whoami are lines of text.
+    let content_type = if body == PAGE {
+        "text/html"
+    } else {
+        "text/plain"
+    };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}; charset=utf-8\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
         body.len()
     );
     output.write_all(response.as_bytes())?;

@@ -1,0 +1,89 @@
+//! The host side of `portico:plugin/connection`: what the TLS handshake and
+//! a PROXY protocol header told the host about the connection an instance
+//! serves. Answers are read off the connection's own socket, so a plugin
+//! can learn of its connection and of no other.
+
+use rustls::{ProtocolVersion, ServerConnection};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::bindings::portico::plugin::connection::{ClientCertificate, Host, TlsSession};
+use crate::sandbox::ConnState;
+
+impl Host for ConnState {
+    fn tls(&mut self) -> Option<TlsSession> {
+        let socket = self.socket.as_ref()?;
+        let session = socket.tls()?;
+        Some(tls_session(&session))
+    }
+
+    fn proxied(&mut self) -> bool {
+        self.socket.as_ref().is_some_and(|socket| socket.proxied())
+    }
+}
+
+fn tls_session(session: &ServerConnection) -> TlsSession {
+    let protocol_version = match session.protocol_version() {
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let cipher_suite = session
+        .negotiated_cipher_suite()
+        .map(|suite| format!("{:?}", suite.suite()))
+        .unwrap_or_default();
+    TlsSession {
+        server_name: session.server_name().map(str::to_string),
+        alpn_protocol: session
+            .alpn_protocol()
+            .map(|protocol| String::from_utf8_lossy(protocol).into_owned()),
+        protocol_version,
+        cipher_suite,
+        client_certificate: session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|der| client_certificate(der)),
+    }
+}
+
+/// The subject and names of a certificate the handshake verified. (Its
+/// DER parsed then, so it parses now; if it somehow did not, the plugin
+/// still gets the DER.)
+fn client_certificate(der: &[u8]) -> ClientCertificate {
+    let (subject, subject_alt_names) = match X509Certificate::from_der(der) {
+        Ok((_, cert)) => (cert.subject().to_string(), alt_names(&cert)),
+        Err(_) => (String::new(), Vec::new()),
+    };
+    ClientCertificate {
+        subject,
+        subject_alt_names,
+        der: der.to_vec(),
+    }
+}
+
+fn alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(format!("DNS:{dns}")),
+            GeneralName::RFC822Name(email) => Some(format!("email:{email}")),
+            GeneralName::URI(uri) => Some(format!("URI:{uri}")),
+            GeneralName::IPAddress(bytes) => ip_address(bytes).map(|ip| format!("IP:{ip}")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip_address(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(Into::into),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(Into::into),
+        _ => None,
+    }
+}
