@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(rest, b"x");
         let local = v2::Builder::new(
             v2::Version::Two | v2::Command::Local,
-            v2::Protocol::Unspecified,
+            v2::AddressFamily::Unspecified | v2::Protocol::Unspecified,
         )
         .build()
         .unwrap();

@@ -24,6 +24,9 @@ mod lifecycle;
 mod messaging;
 /// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.
 mod outbound;
+/// The PROXY protocol: two hosts behind a real HAProxy, refused headers,
+/// the header before TLS.
+mod proxy;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
 /// Several services from a config file, the admin endpoint, reload, the

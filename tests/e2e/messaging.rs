@@ -166,3 +166,47 @@ fn chat_goes_on_while_nats_is_away() {
         }
     }
 }
+
+/// A chat plugin built against the 0.2.0 contract (kept as a fixture) is
+/// linked to the current pubsub: its members and those of the current
+/// chat, in one host, share rooms, and its refusals still arrive as
+/// `access-denied`.
+#[test]
+fn a_chat_built_against_0_2_0_shares_rooms_with_the_current_one() {
+    let scratch = Scratch::new("chat-0-2-0");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chat-0.2.0.wasm");
+    let config = scratch.config(&format!(
+        r#"
+        [services.chat]
+        plugin = "{{chat}}"
+        listen = ["127.0.0.1:0"]
+        [services.chat.grants]
+        messaging = ["rooms.*"]
+        [services.old]
+        plugin = "{}"
+        listen = ["127.0.0.1:0"]
+        [services.old.grants]
+        messaging = ["rooms.lobby"]
+        "#,
+        fixture.display()
+    ));
+    let host = Host::start_config(&config, &[], 2, false);
+    let mut alice = member(&host, "alice", "lobby");
+    let mut old = TcpStream::connect(host.service("old")).unwrap();
+    old.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(read_line(&mut old).starts_with("welcome"));
+    writeln!(old, "/nick bob").unwrap();
+    assert_eq!(read_line(&mut old), "* you are bob\n");
+    writeln!(old, "/join lobby").unwrap();
+    assert_eq!(read_line(&mut old), "* you are in lobby\n");
+    assert_eq!(read_line(&mut alice), "* bob joined\n");
+    writeln!(old, "hello from 0.2.0").unwrap();
+    assert_eq!(read_line(&mut alice), "bob: hello from 0.2.0\n");
+    writeln!(alice, "hello from 0.3.0").unwrap();
+    assert_eq!(read_line(&mut old), "alice: hello from 0.3.0\n");
+    writeln!(old, "/join quiet").unwrap();
+    assert_eq!(
+        read_line(&mut old),
+        "* cannot join quiet: subscribing to \"rooms.quiet\": access denied\n"
+    );
+}

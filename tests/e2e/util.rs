@@ -643,6 +643,18 @@ pub fn tls_connect(
     server_name: &str,
     client: Option<&str>,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(TIMEOUT))?;
+    tcp.set_write_timeout(Some(TIMEOUT))?;
+    tls_over(tcp, server_name, client)
+}
+
+/// [`tls_connect`] over a connection already made (and written to).
+pub fn tls_over(
+    tcp: TcpStream,
+    server_name: &str,
+    client: Option<&str>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let certs = Certificates::get();
@@ -668,9 +680,6 @@ pub fn tls_connect(
     };
     let name = ServerName::try_from(server_name.to_string()).unwrap();
     let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(TIMEOUT))?;
-    tcp.set_write_timeout(Some(TIMEOUT))?;
     let mut stream = rustls::StreamOwned::new(session, tcp);
     // Complete the handshake now, so that its failure shows here.
     while stream.conn.is_handshaking() {

@@ -91,6 +91,9 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("redis-cli", "redis-tools"),
     ("redis-benchmark", "redis-tools"),
     ("nats-server", "nats-server"),
+    ("haproxy", "haproxy"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 /// Installs, with apt-get, the packages of the test programs not on PATH.
