@@ -17,6 +17,9 @@ mod util;
 mod clients;
 /// Busy plugins beside an echo load: fair scheduling.
 mod fairness;
+/// Abusive clients at the front door: TLS handshake floods, slowloris
+/// handshakes, garbage ClientHellos, bad PROXY headers.
+mod front_door;
 /// Hostile plugins under load.
 mod hostile;
 /// Code that runs when an instance is created, before `run`.
