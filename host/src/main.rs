@@ -6,7 +6,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = portico_host::cli::Args::parse();
+    let args = match portico_host::cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            // clap's message spans lines (the problem, then usage); the
+            // problem, on one line, is what an operator's log needs.
+            let rendered = error.render().to_string();
+            let problem: Vec<&str> = rendered
+                .lines()
+                .take_while(|line| !line.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see host --help)", problem.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     let started = args.config().and_then(|(config, source)| {
         portico_host::init_logging(config.log_format);
         portico_host::run(config, source)

@@ -363,6 +363,65 @@ listen = ["127.0.0.1:0"]
             format!("{service}[messaging]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:1\"\n"),
             &["cannot connect to NATS at nats://127.0.0.1:1"],
         ),
+        (
+            "no TLS certificate",
+            format!("{service}[services.s.tls]\ncertificates = []\n"),
+            &[
+                "portico.toml:4:",
+                "services.s.tls.certificates",
+                "no certificate",
+            ],
+        ),
+        (
+            "missing certificate file",
+            format!(
+                "{service}[services.s.tls]\ncertificates = [{{ cert = \"none.pem\", key = \"none.key\" }}]\n"
+            ),
+            &["service s", "TLS", "none.pem"],
+        ),
+        (
+            "key of another certificate",
+            format!(
+                "{service}[services.s.tls]\ncertificates = [{{ cert = \"{{certs}}/a.pem\", key = \"{{certs}}/b.key\" }}]\n"
+            ),
+            &["b.key does not go with the certificate", "a.pem"],
+        ),
+        (
+            "a key as the client CA",
+            format!(
+                "{service}[services.s.tls]\ncertificates = [{{ cert = \"{{certs}}/a.pem\", key = \"{{certs}}/a.key\" }}]\nclient-ca = \"{{certs}}/ca.key\"\n"
+            ),
+            &["ca.key holds no PEM certificate"],
+        ),
+        (
+            "PROXY protocol without trusted proxies",
+            format!("{service}[services.s.proxy-protocol]\ntrusted = []\n"),
+            &[
+                "portico.toml:4:",
+                "services.s.proxy-protocol.trusted",
+                "no trusted proxy",
+            ],
+        ),
+        (
+            "unknown PROXY protocol version",
+            format!(
+                "{service}[services.s.proxy-protocol]\nversions = [\"v3\"]\ntrusted = [\"10.0.0.0/8\"]\n"
+            ),
+            &[
+                "portico.toml:5:",
+                "services.s.proxy-protocol.versions",
+                "\"v3\" is not a PROXY protocol version",
+            ],
+        ),
+        (
+            "bad trusted network",
+            format!("{service}[services.s.proxy-protocol]\ntrusted = [\"everyone\"]\n"),
+            &[
+                "portico.toml:5:",
+                "services.s.proxy-protocol.trusted",
+                "not a network",
+            ],
+        ),
     ];
     for (case, text, expected) in cases {
         let path = scratch.config(text);

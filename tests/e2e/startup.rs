@@ -132,6 +132,15 @@ fn bad_listen_address() {
 }
 
 #[test]
+fn bad_front_door_flags() {
+    assert_flag_refused(
+        &["--proxy-protocol-from", "proxies"],
+        &["--proxy-protocol-from", "\"proxies\" is not a network"],
+    );
+    assert_flag_refused(&["--tls-cert", "a.pem"], &["--tls-key"]);
+}
+
+#[test]
 fn bad_config_flag() {
     assert_flag_refused(&["--config", "no-equals-sign"], &["--config", "KEY=VALUE"]);
 }
