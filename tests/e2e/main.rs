@@ -7,6 +7,8 @@
 #[allow(dead_code)]
 mod util;
 
+/// The deployment files: Kubernetes manifests checked offline.
+mod deploy;
 /// Echo: byte-exact at every size, under concurrency, and on half-close
 /// and reset.
 mod echo;

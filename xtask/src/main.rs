@@ -96,8 +96,20 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
-/// Installs, with apt-get, the packages of the test programs not on PATH.
+/// Installs the test programs not on PATH: Debian's packages with apt-get,
+/// and kubernetes-validate (which checks deploy/kubernetes offline) with
+/// pip.
 fn install_test_programs() -> Result<()> {
+    install_debian_packages()?;
+    if on_path("kubernetes-validate") {
+        return Ok(());
+    }
+    eprintln!("xtask: installing kubernetes-validate with pip");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]))
+}
+
+/// Installs, with apt-get, the packages of the test programs not on PATH.
+fn install_debian_packages() -> Result<()> {
     let mut missing: Vec<&str> = TEST_PROGRAMS
         .iter()
         .filter(|(program, _)| !on_path(program))
