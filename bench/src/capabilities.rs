@@ -94,7 +94,7 @@ pub fn measure(host: &Path, plugin_dir: &Path, requests: u64) -> Result<Figures>
     })
 }
 
-fn free_addr() -> Result<SocketAddr> {
+pub fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
@@ -183,14 +183,14 @@ fn benchmark(addr: SocketAddr, requests: u64, servers: &[&Background]) -> Result
 
 /// A server process pinned to CPU 0, on a free loopback port, killed when
 /// dropped.
-struct Background {
-    child: Child,
-    addr: SocketAddr,
+pub struct Background {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 impl Background {
     /// Starts `program` with `args`, which make it listen on `addr`.
-    fn start(addr: SocketAddr, program: &Path, args: &[&str]) -> Result<Background> {
+    pub fn start(addr: SocketAddr, program: &Path, args: &[&str]) -> Result<Background> {
         let child = Command::new("taskset")
             .args(["-c", "0"])
             .arg(program)

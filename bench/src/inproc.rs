@@ -60,7 +60,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         let client = TcpStream::connect(addr).await?;
         let (server, peer) = listener.accept().await?;
         drop(client);
-        let socket = Socket::new(server, None);
+        let socket = Socket::new(server, None, false);
         let info = ConnectionInfo {
             id,
             peer_address: peer.to_string(),

@@ -3,6 +3,9 @@
 //! generator. Rounds alternate which server goes first; every figure is
 //! the median over rounds, with the ratio Portico/native beside it.
 //!
+//! Then the capabilities against real Redis (`capabilities`), and TLS
+//! termination against a native tokio-rustls server (`tls`).
+//!
 //! Run it with `cargo xtask bench`; BENCHMARKS.md holds the latest results.
 
 mod capabilities;
@@ -10,6 +13,7 @@ mod inproc;
 mod load;
 mod native;
 mod server;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +49,9 @@ struct Args {
     /// tcp-proxy plugins and a real redis-server.
     #[arg(long, default_value_t = 100_000)]
     redis_requests: u64,
+    /// Run only the TLS comparison.
+    #[arg(long)]
+    tls_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +60,25 @@ enum Command {
     NativeEcho {
         #[arg(long)]
         listen: SocketAddr,
+    },
+    /// Run the native TLS baseline server (the benchmark starts it itself).
+    NativeTlsEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Run the TLS load generator (the benchmark starts it itself): prints
+    /// handshakes per second, or MiB per second.
+    TlsClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        seconds: u64,
     },
 }
 
@@ -89,10 +115,25 @@ struct Figures {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Command::NativeEcho { listen }) = args.command {
-        return native::serve(listen);
+    match &args.command {
+        Some(Command::NativeEcho { listen }) => return native::serve(*listen),
+        Some(Command::NativeTlsEcho { listen, cert, key }) => {
+            return tls::serve(*listen, cert, key);
+        }
+        Some(Command::TlsClient {
+            addr,
+            mode,
+            seconds,
+        }) => return tls::client(*addr, mode, *seconds),
+        None => {}
     }
     rlimit::increase_nofile_limit(args.idle_connections as u64 * 2 + 1024)?;
+    let plugin_dir = args.plugin.parent().unwrap_or(std::path::Path::new("."));
+    if args.tls_only {
+        let (portico, native) = tls::measure(&args.host, plugin_dir, args.rounds, args.seconds)?;
+        tls::report(&portico, &native);
+        return Ok(());
+    }
     let launch = Launch {
         host: args.host.clone(),
         plugin: args.plugin.clone(),
@@ -125,9 +166,11 @@ fn main() -> Result<()> {
     let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
     let startup = server::startup_times(&launch)?;
     report(&portico, &native, &inproc, startup, &args);
-    let plugin_dir = args.plugin.parent().unwrap_or(std::path::Path::new("."));
     let redis = capabilities::measure(&args.host, plugin_dir, args.redis_requests)?;
     capabilities::report(&redis, args.redis_requests);
+    let (portico_tls, native_tls) =
+        tls::measure(&args.host, plugin_dir, args.rounds, args.seconds)?;
+    tls::report(&portico_tls, &native_tls);
     Ok(())
 }
 
