@@ -806,7 +806,7 @@ mod tests {
     fn the_example_file_is_valid() {
         let config = check(include_str!("../../examples/portico.toml")).unwrap();
         assert_eq!(config.admin, Some("127.0.0.1:9900".parse().unwrap()));
-        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.services.len(), 3);
         let greeter = &config.services[1];
         assert_eq!(greeter.settings["banner"], "welcome");
         assert!(!greeter.peers.admits("127.0.0.66".parse().unwrap()));
@@ -816,6 +816,11 @@ mod tests {
             greeter.keyvalue[0].backend,
             BackendSpec::File("/srv/../target/portico-state/sessions.db".into())
         );
+        let web = &config.services[2];
+        let tls = web.tls.as_ref().unwrap();
+        assert_eq!(tls.alpn, ["http/1.1"]);
+        let proxy = web.proxy_protocol.as_ref().unwrap();
+        assert!(proxy.v1 && proxy.v2 && proxy.trusts("10.1.2.3".parse().unwrap()));
     }
 
     #[test]
