@@ -312,7 +312,7 @@ fn serial(printed: &str) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(printed[pem_start..pem_end].as_bytes())
+        .write_all(&printed.as_bytes()[pem_start..pem_end])
         .unwrap();
     String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
 }
