@@ -257,9 +257,12 @@ pub fn report(portico: &[Figures], native: &[Figures]) {
     println!("| metric | Portico | native tokio-rustls | Portico/native |");
     println!("| --- | ---: | ---: | ---: |");
     type Metric = (&'static str, fn(&Figures) -> f64);
-    let metrics: [Metric; 6] = [
+    let metrics: [Metric; 8] = [
         ("full handshakes/s (16 clients, 1-byte echo each)", |f| {
             f.handshakes_per_s
+        }),
+        ("  server CPU per handshake, us", |f| {
+            f.handshake_server_cpu * 1e6 / f.handshakes_per_s
         }),
         ("  client CPU, share of a core", |f| f.handshake_client_cpu),
         ("  server CPU, share of a core", |f| f.handshake_server_cpu),
@@ -267,6 +270,9 @@ pub fn report(portico: &[Figures], native: &[Figures]) {
             "echo throughput, MiB/s (16 connections, 64 KiB writes)",
             |f| f.mib_per_s,
         ),
+        ("  server CPU per MiB, ms", |f| {
+            f.stream_server_cpu * 1e3 / f.mib_per_s
+        }),
         ("  client CPU, share of a core", |f| f.stream_client_cpu),
         ("  server CPU, share of a core", |f| f.stream_server_cpu),
     ];
@@ -444,6 +450,9 @@ async fn stream(
                         received.fetch_add(n as u64, Relaxed);
                     }
                 }
+                // Close as a client should: stop sending, take the rest.
+                stream.shutdown().await?;
+                while stream.read(&mut buf).await? > 0 {}
                 Ok(())
             })
         })
