@@ -148,6 +148,38 @@ fn a_redis_bucket_is_shared_by_two_hosts() {
     assert_eq!(cli(redis.addr, &["GET", "portico:cache:shared"]), "by both");
 }
 
+/// A Redis bucket's `max-keys` holds across hosts: keys already in Redis
+/// count, each host's new keys count, an existing key may still change,
+/// and a deleted key makes room.
+#[test]
+fn a_redis_bucket_is_bounded_across_hosts() {
+    let redis = redis();
+    assert_eq!(cli(redis.addr, &["SET", "portico:cache:old", "1"]), "OK");
+    let scratch = Scratch::new("redis-kv-bounded");
+    let config = redis_kv_config(
+        &scratch,
+        &format!(
+            "backend = \"redis\"\nurl = \"redis://{}\"\nmax-keys = 3",
+            redis.addr
+        ),
+    );
+    let first = Host::start_config(&config, &[], 1, false);
+    let second = Host::start_config(&config, &[], 1, false);
+    let (first, second) = (first.service("redis-kv"), second.service("redis-kv"));
+    assert_eq!(cli(first, &["SET", "a", "1"]), "OK");
+    assert_eq!(cli(second, &["INCR", "b"]), "1");
+    let full = cli(first, &["SET", "c", "1"]);
+    assert!(full.contains("bucket full: 3 keys"), "{full}");
+    let full = cli(second, &["INCR", "c"]);
+    assert!(full.contains("bucket full: 3 keys"), "{full}");
+    assert_eq!(cli(second, &["SET", "a", "changed"]), "OK");
+    assert_eq!(cli(first, &["INCR", "b"]), "2");
+    assert_eq!(cli(second, &["DEL", "old"]), "1");
+    assert_eq!(cli(first, &["SET", "c", "1"]), "OK");
+    assert_eq!(cli(redis.addr, &["EXISTS", "portico:cache:c"]), "1");
+    assert_eq!(cli(redis.addr, &["GET", "portico:cache"]), "3");
+}
+
 /// A Redis bucket whose server dies: the plugin's calls fail with an
 /// error it can answer (redis-kv replies `-ERR`), the host and its other
 /// services go on, and once the server is back the bucket works again.

@@ -174,7 +174,9 @@ impl Bucket {
             BackendSpec::File(path) => {
                 Box::new(file::File::open(path, &spec.name, spec.max_keys).await?)
             }
-            BackendSpec::Redis(url) => Box::new(redis::Redis::connect(url, &spec.name).await?),
+            BackendSpec::Redis(url) => {
+                Box::new(redis::Redis::connect(url, &spec.name, spec.max_keys).await?)
+            }
         };
         Ok(Bucket {
             spec: spec.clone(),

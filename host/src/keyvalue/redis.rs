@@ -1,6 +1,11 @@
 //! Buckets in a Redis server, shared by every host that names it: the
 //! scale-out backend. A bucket's keys are `portico:BUCKET:KEY`, so several
 //! buckets (and other users) may share a server.
+//!
+//! `max-keys` holds across every host: a bucket counts its keys in
+//! `portico:BUCKET`, and the writes that may add a key or remove one are
+//! small Lua scripts, so the check and the write are one atomic step on
+//! the server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,7 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Backend, KvResult, PAGE, other};
+use super::{Backend, KvError, KvResult, PAGE, bucket_full, other};
 
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -19,26 +24,97 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// other command behind it.
 const POOL_SIZE: usize = 4;
 
+/// The error the scripts answer when a new key would pass `max-keys`.
+const BUCKET_FULL: &str = "portico-bucket-full";
+
+/// Sets `KEYS[1]` to `ARGV[1]`, counting a new key in `KEYS[2]` unless
+/// that would pass `ARGV[2]`.
+const SET: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('INCR', KEYS[2]) > tonumber(ARGV[2]) then
+    redis.call('DECR', KEYS[2])
+    return redis.error_reply('portico-bucket-full')
+  end
+end
+return redis.call('SET', KEYS[1], ARGV[1])
+"#;
+
+/// Adds `ARGV[1]` to the counter at `KEYS[1]`, counting a new key in
+/// `KEYS[2]` unless that would pass `ARGV[2]`.
+const INCREMENT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('INCR', KEYS[2]) > tonumber(ARGV[2]) then
+    redis.call('DECR', KEYS[2])
+    return redis.error_reply('portico-bucket-full')
+  end
+end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"#;
+
+/// Deletes `KEYS[1]`, uncounting it from `KEYS[2]` if it was there.
+const DELETE: &str = r#"
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('DECR', KEYS[2])
+end
+return 0
+"#;
+
+/// Counts the keys matching `ARGV[1]` into `KEYS[1]`, unless another host
+/// has: run as a host opens the bucket, so a bucket written before counts
+/// existed, or whose count was lost, is counted again.
+const COUNT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local cursor, count = '0', 0
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = page[1]
+  count = count + #page[2]
+until cursor == '0'
+redis.call('SET', KEYS[1], count)
+return count
+"#;
+
 pub struct Redis {
     /// The pool: each reconnects when its connection breaks. Commands take
     /// them in turn.
     connections: Vec<ConnectionManager>,
     next: AtomicUsize,
     prefix: String,
+    /// Where the bucket counts its keys: not under `prefix`, so never one
+    /// of them.
+    count: String,
+    max_keys: u64,
+    set: redis::Script,
+    increment: redis::Script,
+    delete: redis::Script,
 }
 
 impl Redis {
-    /// Connects to the server at `url` (`redis://HOST:PORT/DB`).
-    pub async fn connect(url: &str, bucket: &str) -> Result<Self> {
+    /// Connects to the server at `url` (`redis://HOST:PORT/DB`), and counts
+    /// the bucket's keys if no host has yet.
+    pub async fn connect(url: &str, bucket: &str, max_keys: u64) -> Result<Self> {
         let client =
             redis::Client::open(url).with_context(|| format!("{url:?} is not a Redis URL"))?;
         // Start-up fails at once if the server is not there (the manager
         // would retry for seconds first).
-        tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+        let mut first =
+            tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| anyhow!("no answer in {CONNECT_TIMEOUT:?}"))
+                .and_then(|connected| Ok(connected?))
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        let prefix = format!("portico:{bucket}:");
+        let count = format!("portico:{bucket}");
+        redis::Script::new(COUNT)
+            .key(&count)
+            .arg(format!("{prefix}*"))
+            .invoke_async::<u64>(&mut first)
             .await
-            .map_err(|_| anyhow!("no answer in {CONNECT_TIMEOUT:?}"))
-            .and_then(|connected| Ok(connected?))
-            .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            .with_context(|| {
+                format!("cannot count the keys of bucket {bucket} in Redis at {url}")
+            })?;
         // A server that stops answering fails the plugin's call instead of
         // holding it until the idle timeout; one that went away is tried
         // again at least every second.
@@ -53,8 +129,18 @@ impl Redis {
         Ok(Self {
             connections,
             next: AtomicUsize::new(0),
-            prefix: format!("portico:{bucket}:"),
+            prefix,
+            count,
+            max_keys,
+            set: redis::Script::new(SET),
+            increment: redis::Script::new(INCREMENT),
+            delete: redis::Script::new(DELETE),
         })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
+        self.connections[turn].clone()
     }
 
     fn key(&self, key: &str) -> String {
@@ -62,11 +148,30 @@ impl Redis {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> KvResult<T> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % POOL_SIZE;
         command
-            .query_async(&mut self.connections[turn].clone())
+            .query_async(&mut self.connection())
             .await
-            .map_err(|error| other(format!("Redis: {error}")))
+            .map_err(|error| self.failed(error))
+    }
+
+    /// Runs a script on one key and the bucket's count.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &mut redis::ScriptInvocation<'_>,
+    ) -> KvResult<T> {
+        script
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|error| self.failed(error))
+    }
+
+    fn failed(&self, error: redis::RedisError) -> KvError {
+        // Redis 7 answers the script's error as `ERR portico-bucket-full`;
+        // older servers pass it on as it is.
+        if [error.code(), error.detail()].contains(&Some(BUCKET_FULL)) {
+            return bucket_full(self.max_keys);
+        }
+        other(format!("Redis: {error}"))
     }
 }
 
@@ -77,12 +182,18 @@ impl Backend for Redis {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> KvResult<()> {
-        self.query(redis::cmd("SET").arg(self.key(key)).arg(value))
-            .await
+        self.run(
+            self.set
+                .key(self.key(key))
+                .key(&self.count)
+                .arg(value)
+                .arg(self.max_keys),
+        )
+        .await
     }
 
     async fn delete(&self, key: &str) -> KvResult<()> {
-        self.query::<u64>(redis::cmd("DEL").arg(self.key(key)))
+        self.run::<u64>(self.delete.key(self.key(key)).key(&self.count))
             .await
             .map(drop)
     }
@@ -113,7 +224,13 @@ impl Backend for Redis {
     async fn increment(&self, key: &str, delta: u64) -> KvResult<u64> {
         let delta = i64::try_from(delta).map_err(|_| other("increment too large"))?;
         let value: i64 = self
-            .query(redis::cmd("INCRBY").arg(self.key(key)).arg(delta))
+            .run(
+                self.increment
+                    .key(self.key(key))
+                    .key(&self.count)
+                    .arg(delta)
+                    .arg(self.max_keys),
+            )
             .await?;
         u64::try_from(value).map_err(|_| other("counter is negative"))
     }

@@ -93,11 +93,16 @@ fn run(bucket: &Bucket, command: &str, args: &[Vec<u8>]) -> portico_guest_sdk::R
             }
             Reply::Integer(count)
         }
-        ("INCR", 1) => Reply::Integer(
-            bucket
-                .increment(&key(0)?, 1)
-                .map_err(|_| "value is not an integer or out of range")?,
-        ),
+        ("INCR", 1) => Reply::Integer(bucket.increment(&key(0)?, 1).map_err(|error| {
+            // Answer as Redis does for a value that is not a counter, but
+            // say so when the bucket is full.
+            let error = error.to_string();
+            if error.contains("bucket full") {
+                error
+            } else {
+                "value is not an integer or out of range".to_string()
+            }
+        })?),
         ("MGET", n) if n > 0 => {
             let values = (0..n)
                 .map(|i| get(bucket, &key(i)?))
