@@ -476,10 +476,21 @@ impl Capacity {
             .iter()
             .map(|service| u64::from(service.limits.max_queued))
             .sum();
-        let needed = wanted + queued + HEADROOM;
+        // A connection in its PROXY header or TLS handshake holds a socket
+        // too, and each service lets as many be there as it serves.
+        let handshaking: u64 = services
+            .iter()
+            .filter(|service| service.tls.is_some() || service.proxy_protocol.is_some())
+            .map(|service| u64::from(service.limits.max_connections))
+            .sum();
+        let needed = wanted + handshaking + queued + HEADROOM;
         // A failure to raise the limit shows in the figure logged.
         let files = rlimit::increase_nofile_limit(needed).unwrap_or(needed);
-        let by_files = files.saturating_sub(HEADROOM + queued);
+        let by_files = u64::try_from(
+            u128::from(files.saturating_sub(HEADROOM + queued)) * u128::from(wanted.max(1))
+                / u128::from((wanted + handshaking).max(1)),
+        )
+        .unwrap_or(u64::MAX);
         let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .ok()
             .and_then(|text| text.trim().parse::<u64>().ok());
@@ -583,11 +594,20 @@ async fn accept_loop(
         };
         let host = host.clone();
         host.clone().tracker.spawn(async move {
-            let Some(arrival) = front_door(&version, arrival).await else {
-                return;
+            let id = arrival.id;
+            // A drain closes connections not yet admitted at once, as if
+            // never accepted, rather than wait out their timeouts.
+            let arrival = tokio::select! {
+                arrival = front_door(&version, arrival) => arrival,
+                () = host.accepting.cancelled() => {
+                    debug!(service = version.name(), conn = id, "closed before admission: draining");
+                    None
+                }
             };
             drop(handshake);
-            if !host.accepting.is_cancelled() {
+            if let Some(arrival) = arrival
+                && !host.accepting.is_cancelled()
+            {
                 admit(&host, version, arrival);
             }
         });

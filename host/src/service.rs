@@ -132,22 +132,24 @@ impl Version {
             .with_context(|| format!("plugin {} cannot be instantiated", spec.plugin.display()))?;
         let loaded_in = loading.elapsed();
 
-        let (places, max_connections, reclaimer) = match shared {
+        let (places, handshakes, max_connections, reclaimer) = match shared {
             Some(previous) => (
                 previous.places.clone(),
+                previous.handshakes.clone(),
                 previous.max_connections,
                 previous.reclaimer.clone(),
             ),
             None => {
                 let max_connections = host.ceiling.min(limits.max_connections).max(1);
                 let places = Arc::new(Semaphore::new(max_connections as usize));
+                let handshakes = Arc::new(Semaphore::new(max_connections as usize));
                 let reclaimer = Arc::new(
                     Reclaimer::new(&engine, sandbox::memory_slots(limits))
                         .map_err(anyhow::Error::from)
                         .context("cannot set up memory reclaiming")?,
                 );
                 reclaimer.spawn();
-                (places, max_connections, reclaimer)
+                (places, handshakes, max_connections, reclaimer)
             }
         };
         Ok(Version {
@@ -158,7 +160,7 @@ impl Version {
             max_connections,
             reclaimer,
             tls,
-            handshakes: Arc::new(Semaphore::new(max_connections as usize)),
+            handshakes,
             last_refusal_warning: std::sync::Mutex::new(None),
         })
     }

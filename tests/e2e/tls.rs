@@ -351,3 +351,44 @@ fn failed_and_abandoned_handshakes_cost_no_instance() {
     );
     assert!(!host.log().contains(": accepted "), "{}", host.log());
 }
+
+/// A drain does not wait for handshakes still in progress: clients that
+/// never finish theirs are closed at once, not at the handshake timeout,
+/// while a connection already served is drained as usual.
+#[test]
+fn a_drain_does_not_wait_for_handshakes() {
+    let scratch = Scratch::new("tls-drain");
+    let config = web_config(&scratch, false);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        r#"handshake-timeout = "2s""#,
+        r#"handshake-timeout = "60s""#,
+    );
+    std::fs::write(&config, text).unwrap();
+    let host = Host::start_config(&config, &[], 1, true);
+    let mut served = tls_connect(host.addr, "a.test", None).unwrap();
+    served.write_all(b"GET /whoami HTTP/1.1\r\n").unwrap();
+    served.flush().unwrap();
+    host.wait_for_log(&["accepted", "conn=1"]);
+    let mut silent: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(host.addr).unwrap())
+        .collect();
+
+    let signalled = std::time::Instant::now();
+    host.signal(libc::SIGTERM);
+    host.wait_for_log(&["draining", "live=1"]);
+    for stream in &mut silent {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        assert_eq!(stream.read(&mut [0; 1]).unwrap_or(0), 0);
+    }
+    served.write_all(b"Host: a.test\r\n\r\n").unwrap();
+    let mut answer = [0; 15];
+    served.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200 OK");
+    drop(served);
+    assert_eq!(host.wait_exit().code(), Some(0));
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(5),
+        "drained in {:?}",
+        signalled.elapsed()
+    );
+}
