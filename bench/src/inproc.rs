@@ -32,7 +32,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
     let engine = sandbox::engine(&limits)?;
     let ticker = EpochTicker::start()?;
     ticker.add(&engine);
-    let plugin = Plugin::load(&engine, plugin_path, Default::default(), None)?;
+    let plugin = Plugin::load(&engine, plugin_path, &Default::default(), None)?;
     let sandbox = Sandbox {
         service: "echo".into(),
         plugin,

@@ -1,9 +1,18 @@
 //! Loading a plugin: read, compile and validate it once at start, and keep
 //! it pre-instantiated so each connection only pays for instantiation.
 //!
+//! A plugin is one of two kinds, told apart by what it exports:
+//! - a handler, exporting `run` from the `portico:plugin/handler` world: it
+//!   borrows the connection's streams and reads its details;
+//! - a WASI command, exporting `wasi:cli/run` (any program built for WASI
+//!   0.2, such as a Rust or C `main`), served as inetd serves one: stdin
+//!   reads the connection, stdout writes to it, and its arguments and
+//!   environment come from the service's settings.
+//!
 //! Every way a plugin file can be wrong ends here, before the host listens,
 //! as one error that names the file and the problem.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +20,7 @@ use std::net::IpAddr;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker, Resource, ResourceType, WasmList, WasmStr};
 use wasmtime::error::Context;
-use wasmtime::{AsContext, StoreContextMut};
+use wasmtime::{AsContext, Store, StoreContextMut};
 use wasmtime::{Engine, Result, bail, format_err};
 
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
@@ -19,12 +28,13 @@ use wasmtime_wasi::p2::bindings::sockets::network::{
     ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress,
 };
 use wasmtime_wasi::p2::bindings::sockets::{tcp, tcp_create_socket};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::p2::{DynPollable, Network, SocketError, TcpSocket};
 use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_io::bindings::wasi::io::poll;
 
-use crate::bindings::HandlerPre;
+use crate::bindings::{Handler, HandlerPre};
 use crate::cache::{Cache, Key};
 use crate::keyvalue::{
     KvError, MAX_BATCH, OpenBucket, check_key_size, check_value_size, too_many_keys,
@@ -32,16 +42,39 @@ use crate::keyvalue::{
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
-/// and linked against the host's imports, ready to instantiate.
+/// or `wasi:cli/command`, and linked against the host's imports, ready to
+/// instantiate.
 pub struct Plugin {
-    pub(crate) pre: HandlerPre<ConnState>,
+    pub(crate) entry: Entry,
     /// The settings from `--config`, shared by every instance.
     pub(crate) config: Arc<WasiConfigVariables>,
+    /// A command's arguments: its file name, then the words of the `args`
+    /// setting.
+    pub(crate) arguments: Arc<[String]>,
+    /// A command's environment: every setting, by its name.
+    pub(crate) environment: Arc<[(String, String)]>,
     /// The SHA-256 of the plugin file, in hex.
     pub digest: String,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
 }
+
+/// How a plugin is entered.
+pub(crate) enum Entry {
+    /// `run` from the `portico:plugin/handler` world.
+    Handler(HandlerPre<ConnState>),
+    /// `wasi:cli/run`: a WASI command, its stdio on the connection.
+    Command(CommandPre<ConnState>),
+}
+
+/// A plugin instantiated for one connection.
+pub(crate) enum Instance {
+    Handler(Handler),
+    Command(Command),
+}
+
+/// The name of the setting whose words are a command's arguments.
+pub const ARGS_SETTING: &str = "args";
 
 /// The first bytes of any WebAssembly binary.
 const WASM_MAGIC: &[u8] = b"\0asm";
@@ -56,7 +89,7 @@ impl Plugin {
     pub fn load(
         engine: &Engine,
         path: &Path,
-        config: WasiConfigVariables,
+        settings: &BTreeMap<String, String>,
         cache: Option<&Cache>,
     ) -> Result<Self> {
         let name = path.display();
@@ -66,8 +99,12 @@ impl Plugin {
         }
         if bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
             bail!(
-                "plugin {name} is a core WebAssembly module, not a component: \
-                 build it for the wasm32-wasip2 target"
+                "plugin {name} is a core WebAssembly module, not a component: build Rust \
+                 for the wasm32-wasip2 target; for a WASI preview 1 module (C, Go, ...) run \
+                 `wasm-tools component new {name} --adapt ADAPTER -o plugin.wasm`, with \
+                 ADAPTER wasi_snapshot_preview1.reactor.wasm for a handler or \
+                 wasi_snapshot_preview1.command.wasm for a program with `main` (from the \
+                 crate wasi-preview1-component-adapter-provider or wasmtime's releases)"
             );
         }
         // The SHA-256 is for operators only (logs, metrics); the cache is
@@ -89,7 +126,7 @@ impl Plugin {
         let digest = digest.map_err(|_| format_err!("hashing plugin {name} failed"))?;
         let (component, from_cache) = loaded
             .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
-        check_exports_run(engine, &component).with_context(|| format!("plugin {name}"))?;
+        let kind = entry_kind(engine, &component).with_context(|| format!("plugin {name}"))?;
 
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -116,20 +153,54 @@ impl Plugin {
         let instance_pre = linker.instantiate_pre(&component).with_context(|| {
             format!("plugin {name} imports something this host does not provide")
         })?;
-        let pre = HandlerPre::new(instance_pre).with_context(|| {
-            format!("plugin {name} does not match the portico:plugin/handler world")
-        })?;
+        let entry = match kind {
+            Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).with_context(|| {
+                format!("plugin {name} does not match the portico:plugin/handler world")
+            })?),
+            Kind::Command => Entry::Command(CommandPre::new(instance_pre).with_context(|| {
+                format!("plugin {name} does not match the wasi:cli/command world")
+            })?),
+        };
+        let program = path
+            .file_stem()
+            .map_or("plugin".into(), |stem| stem.to_string_lossy().into_owned());
+        let arguments = std::iter::once(program)
+            .chain(
+                settings
+                    .get(ARGS_SETTING)
+                    .into_iter()
+                    .flat_map(|args| args.split_whitespace().map(str::to_string)),
+            )
+            .collect();
         Ok(Self {
-            pre,
-            config: Arc::new(config),
+            entry,
+            config: Arc::new(settings.clone().into_iter().collect()),
+            arguments,
+            environment: settings.clone().into_iter().collect(),
             digest,
             from_cache,
         })
     }
 
+    /// Whether the plugin is a WASI command, served on its stdio.
+    pub fn is_command(&self) -> bool {
+        matches!(self.entry, Entry::Command(_))
+    }
+
+    /// Instantiates the plugin in `store`.
+    pub(crate) async fn instantiate(&self, store: &mut Store<ConnState>) -> Result<Instance> {
+        Ok(match &self.entry {
+            Entry::Handler(pre) => Instance::Handler(pre.instantiate_async(store).await?),
+            Entry::Command(pre) => Instance::Command(pre.instantiate_async(store).await?),
+        })
+    }
+
     /// The engine the plugin was compiled for.
     pub fn engine(&self) -> &Engine {
-        self.pre.engine()
+        match &self.entry {
+            Entry::Handler(pre) => pre.engine(),
+            Entry::Command(pre) => pre.engine(),
+        }
     }
 }
 
@@ -522,29 +593,38 @@ const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 /// earlier 0.2 version are linked to it too.
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 
-/// Checks that the component exports a `run` function, naming what it
-/// exports instead if it does not.
-fn check_exports_run(engine: &Engine, component: &Component) -> Result<()> {
+/// What a component exports to be entered by.
+enum Kind {
+    Handler,
+    Command,
+}
+
+/// The export `wasi:cli/run` goes by, at any 0.2 version.
+const CLI_RUN: &str = "wasi:cli/run@0.2.";
+
+/// Tells a handler from a command by its exports, naming what it exports
+/// instead if it is neither.
+fn entry_kind(engine: &Engine, component: &Component) -> Result<Kind> {
     let component_type = component.component_type();
-    match component_type
-        .get_export(engine, "run")
-        .map(|export| export.ty)
-    {
-        Some(ComponentItem::ComponentFunc(_)) => Ok(()),
-        Some(_) => bail!("its export `run` is not a function"),
-        None => {
-            let names: Vec<_> = component_type
-                .exports(engine)
-                .map(|(name, _)| format!("`{name}`"))
-                .collect();
-            let found = match names.is_empty() {
-                true => "nothing".to_string(),
-                false => names.join(", "),
-            };
-            bail!(
-                "it does not export `run` from the portico:plugin/handler world \
-                 (it exports {found}); is it built with portico-guest-sdk's `export!`?"
-            )
+    let mut names = Vec::new();
+    for (name, item) in component_type.exports(engine) {
+        match (name, item.ty) {
+            ("run", ComponentItem::ComponentFunc(_)) => return Ok(Kind::Handler),
+            ("run", _) => bail!("its export `run` is not a function"),
+            (name, ComponentItem::ComponentInstance(_)) if name.starts_with(CLI_RUN) => {
+                return Ok(Kind::Command);
+            }
+            (name, _) => names.push(format!("`{name}`")),
         }
     }
+    let found = match names.is_empty() {
+        true => "nothing".to_string(),
+        false => names.join(", "),
+    };
+    bail!(
+        "it exports {found}, but a plugin exports either `run: func(info: connection-info, \
+         input: borrow<input-stream>, output: borrow<output-stream>) -> result<_, string>` \
+         (the portico:plugin/handler world of guest-sdk/wit; in Rust, portico-guest-sdk's \
+         `export!`) or `wasi:cli/run@0.2.x` (a WASI command: a program with a `main`)"
+    )
 }

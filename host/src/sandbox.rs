@@ -34,14 +34,14 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
-use crate::bindings::{ConnectionInfo, Handler};
+use crate::bindings::ConnectionInfo;
 use crate::connects::Connects;
 use crate::counters::{Counters, count};
 use crate::keyvalue::Granted;
 use crate::messaging::{self, ConnMessaging};
 use crate::outbound::{ConnOutbound, Policy};
-use crate::plugin::Plugin;
-use crate::socket::{Socket, SocketInput, SocketOutput};
+use crate::plugin::{Instance, Plugin};
+use crate::socket::{Socket, SocketInput, SocketOutput, SocketStdio};
 use crate::stdio::{PluginLog, Stream};
 use crate::untrusted::Untrusted;
 
@@ -314,7 +314,14 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn new_store(&self, conn: u64) -> Store<ConnState> {
+    /// A fresh store for connection `conn`; a command's also gets the
+    /// `client`'s socket as its stdin and stdout, and its details in its
+    /// environment.
+    fn new_store(
+        &self,
+        conn: u64,
+        client: Option<(&Arc<Socket>, &ConnectionInfo)>,
+    ) -> Store<ConnState> {
         let log = PluginLog::new(
             self.service.clone(),
             conn,
@@ -328,8 +335,17 @@ impl Sandbox {
             self.counters.clone(),
         ));
         let check = outbound.clone();
-        let wasi = WasiCtx::builder()
-            .stdout(log.stream(Stream::Stdout))
+        let mut wasi = WasiCtx::builder();
+        if let (true, Some((socket, info))) = (self.plugin.is_command(), client) {
+            wasi.stdin(SocketStdio(socket.clone()))
+                .stdout(SocketStdio(socket.clone()))
+                .args(&self.plugin.arguments)
+                .envs(&self.plugin.environment)
+                .envs(&client_environment(info));
+        } else {
+            wasi.stdout(log.stream(Stream::Stdout));
+        }
+        let wasi = wasi
             .stderr(log.stream(Stream::Stderr))
             .allow_tcp(self.outbound.is_some())
             .allow_udp(false)
@@ -363,7 +379,7 @@ impl Sandbox {
                 counters: self.counters.clone(),
             },
         };
-        let mut store = Store::new(self.plugin.pre.engine(), state);
+        let mut store = Store::new(self.plugin.engine(), state);
         store.limiter(|state| &mut state.memory);
         // A store's deadline starts at the current epoch, which would make a
         // fresh instance yield at its first instruction: one needless trip
@@ -385,8 +401,8 @@ impl Sandbox {
         let budget = self.limits.cpu_budget;
         let instantiate = async {
             loop {
-                let mut store = self.new_store(0);
-                match self.plugin.pre.instantiate_async(&mut store).await {
+                let mut store = self.new_store(0, None);
+                match self.plugin.instantiate(&mut store).await {
                     Err(error) if is_pool_full(&error) => {
                         tokio::time::sleep(POOL_RETRY_PAUSE).await;
                     }
@@ -422,14 +438,14 @@ impl Sandbox {
         socket: &Arc<Socket>,
         accepted: Instant,
     ) -> Served {
-        let mut conn = match self.connection_store(info.id, socket) {
+        let mut conn = match self.connection_store(info, socket) {
             Ok(conn) => conn,
             Err(error) => return Served::new(Outcome::Trapped(error)),
         };
         let mut instantiation = None;
         let work = async {
             let started = Instant::now();
-            let handler = self.instantiate(&mut conn, socket).await?;
+            let instance = self.instantiate(&mut conn, info, socket).await?;
             instantiation = Some(started.elapsed());
             tracing::debug!(
                 service = %self.service,
@@ -437,8 +453,17 @@ impl Sandbox {
                 startup_us = accepted.elapsed().as_micros() as u64,
                 "calling run"
             );
-            let (input, output) = (borrow(&conn.input), borrow(&conn.output));
-            handler.call_run(&mut conn.store, info, input, output).await
+            match instance {
+                Instance::Handler(handler) => {
+                    let (input, output) = (borrow(&conn.input), borrow(&conn.output));
+                    handler.call_run(&mut conn.store, info, input, output).await
+                }
+                Instance::Command(command) => Ok(command
+                    .wasi_cli_run()
+                    .call_run(&mut conn.store)
+                    .await?
+                    .map_err(|()| "exited with a failure status".to_string())),
+            }
         };
         let outcome = self.under_limits(work, socket, accepted).await;
 
@@ -455,8 +480,8 @@ impl Sandbox {
     }
 
     /// A fresh store for connection `id`, holding the socket's two streams.
-    fn connection_store(&self, id: u64, socket: &Arc<Socket>) -> Result<ConnStore> {
-        let mut store = self.new_store(id);
+    fn connection_store(&self, info: &ConnectionInfo, socket: &Arc<Socket>) -> Result<ConnStore> {
+        let mut store = self.new_store(info.id, Some((socket, info)));
         store.data_mut().socket = Some(socket.clone());
         let table = &mut store.data_mut().table;
         let input: DynInputStream = Box::new(SocketInput::new(socket.clone()));
@@ -464,7 +489,6 @@ impl Sandbox {
         let input = table.push(input)?;
         let output = table.push(output)?;
         Ok(ConnStore {
-            id,
             store,
             input,
             output,
@@ -479,13 +503,18 @@ impl Sandbox {
     /// slot is free a moment later. So that an admitted connection always
     /// gets its instance, such a failure is retried, in a fresh store: the
     /// failed one may hold the core instances created before the failure.
-    async fn instantiate(&self, conn: &mut ConnStore, socket: &Arc<Socket>) -> Result<Handler> {
+    async fn instantiate(
+        &self,
+        conn: &mut ConnStore,
+        info: &ConnectionInfo,
+        socket: &Arc<Socket>,
+    ) -> Result<Instance> {
         let mut retries = 0;
         loop {
-            match self.plugin.pre.instantiate_async(&mut conn.store).await {
+            match self.plugin.instantiate(&mut conn.store).await {
                 Err(error) if is_pool_full(&error) && retries < POOL_RETRIES => {
                     retries += 1;
-                    *conn = self.connection_store(conn.id, socket)?;
+                    *conn = self.connection_store(info, socket)?;
                     tokio::time::sleep(POOL_RETRY_PAUSE).await;
                 }
                 instantiated => {
@@ -524,9 +553,27 @@ impl Sandbox {
     }
 }
 
+/// A connection's details as UCSPI-TCP names them (what `tcpserver` and
+/// its kin set for the programs they run), for a command's environment.
+fn client_environment(info: &ConnectionInfo) -> Vec<(String, String)> {
+    let mut environment = vec![
+        ("PROTO".to_string(), "TCP".to_string()),
+        ("PORTICO_CONN".to_string(), info.id.to_string()),
+    ];
+    for (prefix, address) in [
+        ("TCPREMOTE", &info.peer_address),
+        ("TCPLOCAL", &info.local_address),
+    ] {
+        if let Ok(address) = address.parse::<std::net::SocketAddr>() {
+            environment.push((format!("{prefix}IP"), address.ip().to_string()));
+            environment.push((format!("{prefix}PORT"), address.port().to_string()));
+        }
+    }
+    environment
+}
+
 /// A connection's store, and the handles of the socket's streams in it.
 struct ConnStore {
-    id: u64,
     store: Store<ConnState>,
     input: Resource<DynInputStream>,
     output: Resource<DynOutputStream>,

@@ -96,10 +96,10 @@ impl Version {
         let loading = std::time::Instant::now();
         let plugin = {
             let (engine, path, cache) = (engine.clone(), spec.plugin.clone(), host.cache.clone());
-            let settings = spec.settings.clone().into_iter().collect();
+            let settings = spec.settings.clone();
             // Compiling takes seconds for a large plugin: off the workers.
             tokio::task::spawn_blocking(move || {
-                Plugin::load(&engine, &path, settings, cache.as_deref())
+                Plugin::load(&engine, &path, &settings, cache.as_deref())
             })
             .await
             .context("the compiler thread failed")??

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
+use wasmtime_wasi::cli::{IsTerminal, StdinStream, StdoutStream};
 use wasmtime_wasi::p2::{InputStream, OutputStream, Pollable, StreamError, StreamResult};
 
 /// Most bytes handed to the plugin by one read, whatever size it asks for.
@@ -222,6 +223,38 @@ fn stream_error(error: io::Error) -> StreamError {
         StreamError::Closed
     } else {
         StreamError::LastOperationFailed(error.into())
+    }
+}
+
+/// The socket as a WASI command's stdin and stdout: each handle the
+/// command opens is a stream on it, as a handler's are.
+pub struct SocketStdio(pub Arc<Socket>);
+
+impl IsTerminal for SocketStdio {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdinStream for SocketStdio {
+    fn p2_stream(&self) -> Box<dyn InputStream> {
+        Box::new(SocketInput::new(self.0.clone()))
+    }
+
+    /// Only WASI 0.3's stdin reads this, and the host links WASI 0.2 alone.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        Box::new(tokio::io::empty())
+    }
+}
+
+impl StdoutStream for SocketStdio {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(SocketOutput::new(self.0.clone()))
+    }
+
+    /// Only WASI 0.3's stdout writes this, and the host links WASI 0.2 alone.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
     }
 }
 

@@ -7,6 +7,9 @@
 #[allow(dead_code)]
 mod util;
 
+/// WASI commands (a program with `main`) served on their stdio.
+mod command;
+
 /// The deployment files: Kubernetes manifests checked offline.
 mod deploy;
 /// Echo: byte-exact at every size, under concurrency, and on half-close

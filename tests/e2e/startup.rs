@@ -78,7 +78,12 @@ fn plugin_that_is_a_core_module() {
     let file = Scratch::new("core.wasm", b"\0asm\x01\0\0\0");
     refuse_plugin(
         &file.0,
-        &["core WebAssembly module, not a component", "wasm32-wasip2"],
+        &[
+            "core WebAssembly module, not a component",
+            "wasm32-wasip2",
+            "wasm-tools component new",
+            "wasi_snapshot_preview1.reactor.wasm",
+        ],
     );
 }
 
@@ -91,7 +96,14 @@ fn plugin_that_is_truncated() {
 
 #[test]
 fn plugin_without_run_export() {
-    refuse_plugin(&plugin("no-run"), &["does not export `run`"]);
+    refuse_plugin(
+        &plugin("no-run"),
+        &[
+            "it exports nothing",
+            "`run: func(info: connection-info",
+            "`wasi:cli/run@0.2.x` (a WASI command",
+        ],
+    );
 }
 
 #[test]

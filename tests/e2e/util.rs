@@ -18,7 +18,13 @@ pub fn plugin(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"),
     };
-    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    // A library's file name has `_` for `-`; a program's (a WASI command)
+    // keeps the crate's name.
+    let library = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    let path = match library.is_file() {
+        true => library,
+        false => dir.join(format!("{name}.wasm")),
+    };
     assert!(
         path.is_file(),
         "{} is missing: run the tests with `cargo xtask test`, which builds the plugins",
