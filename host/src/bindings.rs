@@ -127,3 +127,43 @@ pub mod v0_2 {
         }
     }
 }
+
+/// `wasi:config` as Spin's toolchains import it (0.2.0-draft-2024-09-27),
+/// beside the 0.2.0-rc.1 that wasmtime-wasi-config provides: the same
+/// interface under an earlier name (pre-release versions never match each
+/// other), answered from the same settings, so that a plugin written for
+/// Spin's config interface loads unchanged.
+pub mod spin_config {
+    wasmtime::component::bindgen!({
+        inline: "
+            package wasi:config@0.2.0-draft-2024-09-27;
+
+            interface store {
+                variant error { upstream(string), io(string) }
+                get: func(key: string) -> result<option<string>, error>;
+                get-all: func() -> result<list<tuple<string, string>>, error>;
+            }
+
+            world imports {
+                import store;
+            }
+        ",
+    });
+
+    use self::wasi::config::store::{Error, Host};
+    use crate::sandbox::ConnState;
+
+    impl Host for ConnState {
+        fn get(&mut self, key: String) -> Result<Option<String>, Error> {
+            Ok(self.settings.get(&key).cloned())
+        }
+
+        fn get_all(&mut self) -> Result<Vec<(String, String)>, Error> {
+            Ok(self
+                .settings
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect())
+        }
+    }
+}

@@ -81,6 +81,9 @@ impl Cache {
         // folder deserves the same protection as the host binary itself.)
         match unsafe { Component::deserialize(engine, compiled) } {
             Ok(component) => Some(component),
+            // One that does not fit this host's limits would not compile
+            // either: the compiler says so, once.
+            Err(error) if crate::sandbox::pool_hint(&format!("{error:#}")).is_some() => None,
             Err(error) => {
                 tracing::warn!(entry = %path.display(), "compile cache entry refused, compiling again: {error}");
                 None

@@ -51,8 +51,9 @@ pub struct Plugin {
     /// A command's arguments: its file name, then the words of the `args`
     /// setting.
     pub(crate) arguments: Arc<[String]>,
-    /// A command's environment: every setting, by its name.
-    pub(crate) environment: Arc<[(String, String)]>,
+    /// The settings, for a command's environment and for the versions of
+    /// `wasi:config` the host answers itself.
+    pub(crate) settings: Arc<BTreeMap<String, String>>,
     /// The SHA-256 of the plugin file, in hex.
     pub digest: String,
     /// Whether the compiled code came from the compile cache.
@@ -124,8 +125,17 @@ impl Plugin {
             (digest.join(), loaded)
         });
         let digest = digest.map_err(|_| format_err!("hashing plugin {name} failed"))?;
-        let (component, from_cache) = loaded
-            .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
+        let (component, from_cache) =
+            loaded.map_err(
+                |error| match crate::sandbox::pool_hint(&format!("{error:#}")) {
+                    Some(hint) => error.context(format!(
+                        "plugin {name} does not fit this host's limits{hint}"
+                    )),
+                    None => error.context(format!(
+                        "plugin {name} is not a valid WebAssembly component"
+                    )),
+                },
+            )?;
         let kind = entry_kind(engine, &component).with_context(|| format!("plugin {name}"))?;
 
         let mut linker = Linker::new(engine);
@@ -150,8 +160,16 @@ impl Plugin {
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;
-        let instance_pre = linker.instantiate_pre(&component).with_context(|| {
-            format!("plugin {name} imports something this host does not provide")
+        {
+            use crate::bindings::spin_config::wasi::config::store;
+            use wasmtime::component::HasSelf;
+            store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
+        }
+        let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
+            let hint = missing_import_hint(&format!("{error:#}"));
+            error.context(format!(
+                "plugin {name} imports something this host does not provide{hint}"
+            ))
         })?;
         let entry = match kind {
             Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).with_context(|| {
@@ -176,7 +194,7 @@ impl Plugin {
             entry,
             config: Arc::new(settings.clone().into_iter().collect()),
             arguments,
-            environment: settings.clone().into_iter().collect(),
+            settings: Arc::new(settings.clone()),
             digest,
             from_cache,
         })
@@ -593,6 +611,46 @@ const NAME_LOOKUP_INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 /// earlier 0.2 version are linked to it too.
 const POLL_INTERFACE: &str = "wasi:io/poll@0.2.12";
 
+/// The interfaces the host provides, by package, with the versions it
+/// links: what a plugin importing another version is told. Kept beside the
+/// linker set-up above, which it describes.
+const PROVIDED: &[(&str, &str)] = &[
+    ("wasi:io", "0.2.0 to 0.2.12"),
+    ("wasi:clocks", "0.2.0 to 0.2.12"),
+    ("wasi:random", "0.2.0 to 0.2.12"),
+    ("wasi:cli", "0.2.0 to 0.2.12"),
+    (
+        "wasi:filesystem",
+        "0.2.0 to 0.2.12 (no directories are preopened)",
+    ),
+    ("wasi:sockets", "0.2.0 to 0.2.12 (outbound TCP as granted)"),
+    ("wasi:keyvalue", "0.2.0-draft (store, atomics, batch)"),
+    ("wasi:config", "0.2.0-rc.1 and 0.2.0-draft-2024-09-27"),
+    ("portico:plugin", "0.3.0 (and 0.2.0's pubsub)"),
+];
+
+/// A hint at the fix for a failed link, from wasmtime's error text, which
+/// names the missing import in backticks (`wasi:http/types@0.2.3`).
+fn missing_import_hint(error: &str) -> String {
+    let Some(import) = error.split('`').nth(1) else {
+        return String::new();
+    };
+    let package = import.split('/').next().unwrap_or(import);
+    let package = package.split('@').next().unwrap_or(package);
+    if let Some((_, versions)) = PROVIDED.iter().find(|(name, _)| *name == package) {
+        return format!(" (`{import}`: this host provides {package} {versions})");
+    }
+    let offered: Vec<_> = PROVIDED.iter().map(|(name, _)| *name).collect();
+    let fix = match package {
+        "wasi:http" => {
+            ". It serves raw TCP, without wasi:http: build a componentize-js plugin \
+             with `--disable http fetch-event`"
+        }
+        _ => "",
+    };
+    format!(" (`{import}`; it provides {}){fix}", offered.join(", "))
+}
+
 /// What a component exports to be entered by.
 enum Kind {
     Handler,
@@ -627,4 +685,28 @@ fn entry_kind(engine: &Engine, component: &Component) -> Result<Kind> {
          (the portico:plugin/handler world of guest-sdk/wit; in Rust, portico-guest-sdk's \
          `export!`) or `wasi:cli/run@0.2.x` (a WASI command: a program with a `main`)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_import_hint;
+
+    #[test]
+    fn a_missing_import_is_answered_with_what_the_host_provides() {
+        let http = "component imports instance `wasi:http/types@0.2.3`, but a matching \
+                    implementation was not found in the linker";
+        let hint = missing_import_hint(http);
+        assert!(
+            hint.contains("`wasi:http/types@0.2.3`; it provides wasi:io"),
+            "{hint}"
+        );
+        assert!(hint.contains("--disable http fetch-event"), "{hint}");
+        let keyvalue = "component imports instance `wasi:keyvalue/store@0.2.0-draft2`, but ...";
+        assert_eq!(
+            missing_import_hint(keyvalue),
+            " (`wasi:keyvalue/store@0.2.0-draft2`: this host provides wasi:keyvalue \
+             0.2.0-draft (store, atomics, batch))"
+        );
+        assert_eq!(missing_import_hint("no name in here"), "");
+    }
 }

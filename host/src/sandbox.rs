@@ -15,6 +15,7 @@
 //! stopped once it has run for its budget), idle time, lifetime, and the
 //! resources it may hold.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -220,6 +221,9 @@ pub struct ConnState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) config: Arc<WasiConfigVariables>,
+    /// The same settings, for the `wasi:config` versions the host answers
+    /// itself.
+    pub(crate) settings: Arc<BTreeMap<String, String>>,
     pub(crate) outbound: Arc<ConnOutbound>,
     pub(crate) connects: Connects,
     /// The key-value buckets the plugin may open.
@@ -340,8 +344,10 @@ impl Sandbox {
             wasi.stdin(SocketStdio(socket.clone()))
                 .stdout(SocketStdio(socket.clone()))
                 .args(&self.plugin.arguments)
-                .envs(&self.plugin.environment)
                 .envs(&client_environment(info));
+            for (name, value) in self.plugin.settings.iter() {
+                wasi.env(name, value);
+            }
         } else {
             wasi.stdout(log.stream(Stream::Stdout));
         }
@@ -366,6 +372,7 @@ impl Sandbox {
             wasi,
             table,
             config: self.plugin.config.clone(),
+            settings: self.plugin.settings.clone(),
             outbound,
             connects: Connects::new(self.limits.connect_timeout),
             buckets: self.buckets.clone(),
@@ -413,8 +420,10 @@ impl Sandbox {
         let instantiate = CpuMeter::new(instantiate, budget);
         match tokio::time::timeout(CHECK_DEADLINE, instantiate).await {
             Ok(Some(instantiated)) => instantiated.map_err(|error| {
-                let cause = Untrusted(&error.root_cause().to_string()).to_string();
-                wasmtime::format_err!("{cause}")
+                let cause = error.root_cause().to_string();
+                let hint = pool_hint(&cause).unwrap_or_default();
+                let cause = Untrusted(&cause).to_string();
+                wasmtime::format_err!("{cause}{hint}")
             }),
             Ok(None) => bail!(
                 "its start-up code ran for longer than the CPU budget ({}, --cpu-budget)",
@@ -551,6 +560,26 @@ impl Sandbox {
             () = self.stop.cancelled() => Outcome::Stopped(StopReason::Shutdown),
         }
     }
+}
+
+/// What to do about a plugin the pool has no room for, from wasmtime's
+/// words for it (at compile time for a memory, at instantiation for the
+/// rest).
+pub fn pool_hint(cause: &str) -> Option<String> {
+    if cause.contains("minimum byte size") {
+        return Some(
+            ": its initial memory is larger than a connection may use; raise --max-memory \
+             (max-memory in the config file)"
+                .to_string(),
+        );
+    }
+    if cause.contains("in the pooling allocator") {
+        return Some(format!(
+            ": this host gives each plugin at most {CORE_INSTANCES_PER_PLUGIN} core \
+             instances, {MEMORIES_PER_PLUGIN} memory and {TABLES_PER_PLUGIN} tables"
+        ));
+    }
+    None
 }
 
 /// A connection's details as UCSPI-TCP names them (what `tcpserver` and

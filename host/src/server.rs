@@ -845,9 +845,16 @@ fn log_outcome(
                 .downcast_ref::<wasmtime::WasmBacktrace>()
                 .map(|backtrace| untrusted::displayed(backtrace))
                 .unwrap_or_default();
+            let mut cause = error.root_cause().to_string();
+            if cause.contains("borrow handles still remain") {
+                cause.push_str(
+                    ": `run` returned still holding its borrowed input or output stream; \
+                     drop both before returning",
+                );
+            }
             warn!(
                 service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                error = %Untrusted(&error.root_cause().to_string()),
+                error = %Untrusted(&cause),
                 wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
             )
         }

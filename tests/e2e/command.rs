@@ -117,3 +117,18 @@ fn a_command_that_fails_is_logged_and_counted() {
         assert_eq!(host.metric(&series), count, "{series}");
     }
 }
+
+/// A plugin that reads its settings through `wasi:config` as Spin's
+/// toolchains import it (0.2.0-draft-2024-09-27) loads and reads them.
+#[test]
+fn a_plugin_importing_spins_wasi_config_reads_its_settings() {
+    let host = Host::start(
+        "spin-config",
+        &["--config", "greeting=hello", "--config", "other=1"],
+    );
+    let mut conn = host.connect();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "greeting: hello\nsettings: 2\n");
+}

@@ -7,6 +7,11 @@
 #[allow(dead_code)]
 mod util;
 
+/// Plugins written in WAT, shared with the load tests.
+#[allow(dead_code)]
+#[path = "../load/wat.rs"]
+mod wat;
+
 /// WASI commands (a program with `main`) served on their stdio.
 mod command;
 

@@ -71,3 +71,21 @@ fn plugin_gets_no_ambient_authority() {
     assert!(ask(&host, "lookup localhost").starts_with("denied"));
     assert_eq!(ask(&host, "env"), "env=0 args=0\n");
 }
+
+/// A plugin written without bindings (as in C) that returns from `run`
+/// still holding its borrowed streams traps, and the log says what to do.
+#[test]
+fn returning_with_borrowed_streams_is_explained() {
+    let plugin = crate::wat::component(
+        "keeps-borrows",
+        &format!("{} (i32.const 0))", crate::wat::RUN),
+    );
+    let host = Host::start_file(&plugin, &[]);
+    let mut conn = host.connect();
+    crate::util::assert_closed(&mut conn);
+    host.wait_for_log(&[
+        "outcome=\"trap\"",
+        "borrow handles still remain",
+        "drop both before returning",
+    ]);
+}

@@ -113,6 +113,36 @@ fn plugin_with_an_import_the_host_lacks() {
         &[
             "imports something this host does not provide",
             "launch-missiles",
+            "it provides wasi:io, wasi:clocks",
+        ],
+    );
+}
+
+#[test]
+fn plugin_whose_memory_exceeds_max_memory() {
+    let echo = plugin("echo");
+    assert_refused(
+        &[
+            "--plugin".as_ref(),
+            echo.as_os_str(),
+            "--max-memory".as_ref(),
+            "1".as_ref(),
+        ],
+        &[
+            "does not fit this host's limits",
+            "raise --max-memory",
+            "1114112",
+        ],
+    );
+}
+
+#[test]
+fn plugin_importing_a_version_the_host_lacks() {
+    refuse_plugin(
+        &plugin("old-config"),
+        &[
+            "`wasi:config/store@0.1.0`",
+            "this host provides wasi:config 0.2.0-rc.1 and 0.2.0-draft-2024-09-27",
         ],
     );
 }
