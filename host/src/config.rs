@@ -820,7 +820,8 @@ mod tests {
         let tls = web.tls.as_ref().unwrap();
         assert_eq!(tls.alpn, ["http/1.1"]);
         let proxy = web.proxy_protocol.as_ref().unwrap();
-        assert!(proxy.v1 && proxy.v2 && proxy.trusts("10.1.2.3".parse().unwrap()));
+        assert!(proxy.v1 && proxy.v2 && proxy.trusts("10.0.3.7".parse().unwrap()));
+        assert!(!proxy.trusts("10.1.2.3".parse().unwrap()));
     }
 
     #[test]
