@@ -9,12 +9,19 @@ use crate::util::{Host, TIMEOUT, pattern, send_and_collect};
 /// What a command writes before its echo, given `args`.
 const BANNER: &str = "hello from a WASI command\n";
 
-/// The example `cat` (a Rust `fn main`, no SDK) serves several clients at
-/// once, each byte-exact through 1 MiB, its arguments from the `args`
-/// setting, its stderr in the log under the connection's id.
+/// The example `cat` programs (a Rust `fn main` and a C `main`, no SDK)
+/// serve several clients at once, each byte-exact through 1 MiB, their
+/// arguments from the `args` setting, their stderr in the log under the
+/// connection's id.
 #[test]
-fn a_wasi_command_serves_connections_on_its_stdio() {
-    let host = Host::start("cat", &["--config", "args=hello from a WASI command"]);
+fn wasi_commands_serve_connections_on_their_stdio() {
+    for plugin in ["cat", "c-cat"] {
+        serves_on_stdio(plugin);
+    }
+}
+
+fn serves_on_stdio(plugin: &str) {
+    let host = Host::start(plugin, &["--config", "args=hello from a WASI command"]);
     let clients: Vec<_> = (0..4u8)
         .map(|seed| {
             let stream = host.connect();

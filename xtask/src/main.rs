@@ -9,9 +9,10 @@
 //!   echo server (see BENCHMARKS.md).
 //! - `cargo xtask plugins`: set up and build the plugins only.
 //!
-//! "Set up" means installing the `wasm32-wasip2` target with rustup; for
-//! the tests, also the programs they run that the machine lacks, from
-//! Debian's packages (`promtool`, from `prometheus`).
+//! "Set up" means installing the `wasm32-wasip2` target with rustup, and
+//! Debian's C toolchain for WebAssembly (clang, lld, wasi-libc) for the C
+//! plugins; for the tests, also the programs they run that the machine
+//! lacks, from Debian's packages (`promtool`, from `prometheus`, ...).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -81,7 +82,79 @@ fn build_plugins() -> Result<PathBuf> {
         }
     }
     run(&mut build)?;
-    Ok(target_dir(&root).join(PLUGIN_TARGET).join("release"))
+    let out = target_dir(&root).join(PLUGIN_TARGET).join("release");
+    build_c_plugins(&root, &out)?;
+    Ok(out)
+}
+
+/// Debian's packages that build C plugins: clang and its linker, the WASI
+/// C library, and the compiler's runtime for wasm32.
+const C_TOOLCHAIN: &[&str] = &[
+    "clang-14",
+    "lld-14",
+    "wasi-libc",
+    "libclang-rt-14-dev-wasm32",
+];
+
+/// Builds each C plugin: a folder under [`PLUGIN_DIRS`] with a `main.c` and
+/// no `Cargo.toml` is a WASI command (a program with `main`), compiled
+/// with clang against wasi-libc (WASI preview 1) and made a component with
+/// the preview 1 command adapter, as `wasm-tools component new --adapt`
+/// would. The component is `NAME.wasm` beside the Rust plugins.
+fn build_c_plugins(root: &Path, out: &Path) -> Result<()> {
+    let mut sources = Vec::new();
+    for dir in PLUGIN_DIRS {
+        for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
+            let path = entry?.path();
+            if path.join("main.c").is_file() && !path.join("Cargo.toml").exists() {
+                sources.push(path);
+            }
+        }
+    }
+    if sources.is_empty() {
+        return Ok(());
+    }
+    install_debian_packages(C_TOOLCHAIN)?;
+    for source in sources {
+        let name = source
+            .file_name()
+            .and_then(|name| name.to_str())
+            .context("a plugin folder's name is not UTF-8")?;
+        let core = out.join(format!("{name}.core.wasm"));
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&source)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == "c") {
+                files.push(path);
+            }
+        }
+        run(Command::new("clang-14")
+            .args([
+                "--target=wasm32-wasi",
+                "--sysroot=/usr",
+                "-O2",
+                "-Wall",
+                "-Werror",
+            ])
+            // Keep the name section for backtraces, drop DWARF.
+            .arg("-Wl,--strip-debug")
+            .arg("-o")
+            .arg(&core)
+            .args(&files))?;
+        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(&module)?
+            .adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )?
+            .encode()
+            .with_context(|| format!("making {} a component", core.display()))?;
+        let wasm = out.join(format!("{name}.wasm"));
+        std::fs::write(&wasm, component).with_context(|| format!("writing {}", wasm.display()))?;
+    }
+    Ok(())
 }
 
 /// Programs the tests run, and the Debian package each comes in.
@@ -100,7 +173,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
 /// and kubernetes-validate (which checks deploy/kubernetes offline) with
 /// pip.
 fn install_test_programs() -> Result<()> {
-    install_debian_packages()?;
+    let mut packages: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    packages.dedup();
+    install_debian_packages(&packages)?;
     if on_path("kubernetes-validate") {
         return Ok(());
     }
@@ -108,14 +187,13 @@ fn install_test_programs() -> Result<()> {
     run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]))
 }
 
-/// Installs, with apt-get, the packages of the test programs not on PATH.
-fn install_debian_packages() -> Result<()> {
-    let mut missing: Vec<&str> = TEST_PROGRAMS
+/// Installs, with apt-get, those of `packages` not installed yet.
+fn install_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| *package)
+        .copied()
+        .filter(|package| !debian_package_installed(package))
         .collect();
-    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
@@ -125,6 +203,13 @@ fn install_debian_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["--show", "--showformat=${Status}", package])
+        .output()
+        .is_ok_and(|output| output.stdout == b"install ok installed")
 }
 
 fn on_path(program: &str) -> bool {
