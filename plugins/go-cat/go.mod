@@ -1,0 +1,3 @@
+module portico.example/go-cat
+
+go 1.27
