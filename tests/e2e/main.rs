@@ -12,9 +12,9 @@ mod util;
 #[path = "../load/wat.rs"]
 mod wat;
 
-/// WASI commands (a program with `main`) served on their stdio.
+/// WASI commands (a program with `main`, in Rust, C and Go) served on
+/// their stdio, and Spin's `wasi:config`.
 mod command;
-
 /// The deployment files: Kubernetes manifests checked offline.
 mod deploy;
 /// Echo: byte-exact at every size, under concurrency, and on half-close
@@ -27,6 +27,8 @@ mod isolation;
 /// Key-value buckets: redis-kv with redis-cli and redis-benchmark, the file
 /// and redis backends, grants and limits, and 0.1.0 plugins.
 mod keyvalue;
+/// Handlers in other languages than Rust (Python).
+mod languages;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
 /// Messages between connections: the chat plugin's rooms, the grant, and

