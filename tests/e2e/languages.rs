@@ -1,8 +1,10 @@
-//! Handlers written in other languages than Rust, from `guest-sdk/wit`
-//! alone, built by `cargo xtask plugins` from `plugins/LANGUAGE/NAME`.
-//! (Commands in C and Go are in `command.rs`.)
+//! Plugins written in other languages than Rust, from `guest-sdk/wit`
+//! alone (Python, JavaScript) or as plain WASI programs (C, Go), built by
+//! `cargo xtask plugins` from `plugins/LANGUAGE/NAME`.
 
-use crate::util::{Host, pattern, send_and_collect};
+use std::io::Write;
+
+use crate::util::{Host, pattern, read_line, send_and_collect};
 
 /// The Python echo (componentize-py) and the JavaScript echo
 /// (componentize-js) each serve several clients at once, byte-exact through
@@ -29,4 +31,29 @@ fn echoes_byte_exact(plugin: &str) {
         assert!(client.join().unwrap(), "a client's echo differed");
     }
     host.wait_for_lines(&["closed", "bytes_out=1048576", "outcome=\"ok\""], 4);
+}
+
+/// The greeter, in every language, reads the operator's settings (through
+/// `wasi:config` in a handler, the environment in a command) and speaks the
+/// same line protocol, with two clients at once.
+#[test]
+fn every_greeter_reads_its_settings() {
+    for plugin in ["greeter", "py-greeter", "js-greeter", "c-greeter", "go-greeter"] {
+        let host = Host::start(
+            plugin,
+            &["--config", "banner=welcome to portico", "--config", "greeting=hi"],
+        );
+        let mut first = host.connect();
+        let mut second = host.connect();
+        for (stream, name) in [(&mut first, "ada"), (&mut second, "grace")] {
+            assert_eq!(read_line(stream), "welcome to portico\n", "{plugin}");
+            writeln!(stream, "{name}").unwrap();
+        }
+        assert_eq!(read_line(&mut second), "hi grace\n", "{plugin}");
+        assert_eq!(read_line(&mut first), "hi ada\n", "{plugin}");
+        first.write_all(b"quit\n").unwrap();
+        assert_eq!(read_line(&mut first), "bye\n", "{plugin}");
+        crate::util::assert_closed(&mut first);
+        host.wait_for_log(&["closed", "conn=1", "outcome=\"ok\""]);
+    }
 }

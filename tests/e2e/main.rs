@@ -27,7 +27,8 @@ mod isolation;
 /// Key-value buckets: redis-kv with redis-cli and redis-benchmark, the file
 /// and redis backends, grants and limits, and 0.1.0 plugins.
 mod keyvalue;
-/// Handlers in other languages than Rust (Python, JavaScript).
+/// Plugins in other languages than Rust: echo and greeter in Python,
+/// JavaScript, C and Go.
 mod languages;
 /// Limits, admission control and graceful drain.
 mod lifecycle;

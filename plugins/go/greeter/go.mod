@@ -1,0 +1,3 @@
+module portico.example/go-greeter
+
+go 1.27

@@ -1,0 +1,41 @@
+// Greeter in Go, as a WASI command: a line protocol whose words come from
+// the operator's settings, which a command finds in its environment. The
+// same protocol as the Rust greeter:
+//
+//   - banner (default "hello"): sent when a client connects;
+//   - greeting (default "hello,"): each line is answered "<greeting> <line>";
+//   - quit (default "quit"): the line that ends the session, answered "bye".
+//
+// stdin reads the connection and stdout writes to it.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+)
+
+func setting(name, fallback string) string {
+	if value, ok := os.LookupEnv(name); ok {
+		return value
+	}
+	return fallback
+}
+
+func main() {
+	banner := setting("banner", "hello")
+	greeting := setting("greeting", "hello,")
+	quit := setting("quit", "quit")
+
+	fmt.Println(banner)
+	lines := bufio.NewScanner(os.Stdin)
+	for lines.Scan() {
+		name := strings.TrimSpace(lines.Text())
+		if name == quit {
+			fmt.Println("bye")
+			return
+		}
+		fmt.Println(greeting, name)
+	}
+}
