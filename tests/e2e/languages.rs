@@ -38,10 +38,21 @@ fn echoes_byte_exact(plugin: &str) {
 /// same line protocol, with two clients at once.
 #[test]
 fn every_greeter_reads_its_settings() {
-    for plugin in ["greeter", "py-greeter", "js-greeter", "c-greeter", "go-greeter"] {
+    for plugin in [
+        "greeter",
+        "py-greeter",
+        "js-greeter",
+        "c-greeter",
+        "go-greeter",
+    ] {
         let host = Host::start(
             plugin,
-            &["--config", "banner=welcome to portico", "--config", "greeting=hi"],
+            &[
+                "--config",
+                "banner=welcome to portico",
+                "--config",
+                "greeting=hi",
+            ],
         );
         let mut first = host.connect();
         let mut second = host.connect();
@@ -55,5 +66,17 @@ fn every_greeter_reads_its_settings() {
         assert_eq!(read_line(&mut first), "bye\n", "{plugin}");
         crate::util::assert_closed(&mut first);
         host.wait_for_log(&["closed", "conn=1", "outcome=\"ok\""]);
+
+        second.write_all(b"fail\n").unwrap();
+        crate::util::assert_closed(&mut second);
+        let failed = host.wait_for_log(&["closed", "conn=2", "outcome=\"error\""]);
+        let reported = match plugin {
+            "c-greeter" | "go-greeter" => {
+                host.wait_for_log(&["\"the client asked to fail\"", "conn=2", "stderr"]);
+                failed.contains("exited with status 1")
+            }
+            _ => failed.contains("error=\"the client asked to fail\""),
+        };
+        assert!(reported, "{plugin}: {failed}");
     }
 }

@@ -7,6 +7,10 @@
  * - `greeting` (default `hello,`): each line is answered `<greeting> <line>`;
  * - `quit` (default `quit`): the line that ends the session, answered `bye`.
  *
+ * The line `fail` ends it with an error instead, to show how a command
+ * reports one: what it prints to stderr goes to the host's log, and a
+ * failure status is the connection's outcome.
+ *
  * stdin reads the connection and stdout writes to it. stdout is not a
  * terminal, so C buffers it: flush after each answer.
  */
@@ -44,6 +48,10 @@ int main(void) {
         if (strcmp(name, quit) == 0) {
             printf("bye\n");
             break;
+        }
+        if (strcmp(name, "fail") == 0) {
+            fprintf(stderr, "the client asked to fail\n");
+            return EXIT_FAILURE;
         }
         printf("%s %s\n", greeting, name);
         fflush(stdout);

@@ -6,6 +6,10 @@
 //   - greeting (default "hello,"): each line is answered "<greeting> <line>";
 //   - quit (default "quit"): the line that ends the session, answered "bye".
 //
+// The line "fail" ends it with an error instead, to show how a command
+// reports one: what it prints to stderr goes to the host's log, and a
+// failure status is the connection's outcome.
+//
 // stdin reads the connection and stdout writes to it.
 package main
 
@@ -35,6 +39,10 @@ func main() {
 		if name == quit {
 			fmt.Println("bye")
 			return
+		}
+		if name == "fail" {
+			fmt.Fprintln(os.Stderr, "the client asked to fail")
+			os.Exit(1)
 		}
 		fmt.Println(greeting, name)
 	}

@@ -6,6 +6,9 @@
 //!   with `<greeting> <line>`.
 //! - `quit` (default `quit`): the line that ends the session.
 //!
+//! The line `fail` ends it with an error instead, to show how a plugin
+//! reports one: the host logs it as the connection's outcome.
+//!
 //! ```text
 //! $ host --plugin greeter.wasm --config banner="welcome to portico" --config greeting=hi
 //! $ nc 127.0.0.1 9000
@@ -36,6 +39,9 @@ impl Handler for Greeter {
             if name == quit {
                 writeln!(output, "bye")?;
                 break;
+            }
+            if name == "fail" {
+                return Err("the client asked to fail".into());
             }
             writeln!(output, "{greeting} {name}")?;
         }

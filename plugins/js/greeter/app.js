@@ -6,6 +6,10 @@
 // - `banner` (default `hello`): sent when a client connects;
 // - `greeting` (default `hello,`): each line is answered `<greeting> <line>`;
 // - `quit` (default `quit`): the line that ends the session, answered `bye`.
+//
+// The line `fail` ends it with an error instead, to show how a plugin
+// reports one: what `run` throws is its `err`, which the host logs as the
+// connection's outcome.
 
 import { get } from 'wasi:config/store@0.2.0-rc.1';
 
@@ -54,6 +58,9 @@ export function run(info, input, output) {
     if (name === quit) {
       send(output, 'bye');
       return;
+    }
+    if (name === 'fail') {
+      throw 'the client asked to fail';
     }
     send(output, `${greeting} ${name}`);
   }

@@ -5,6 +5,11 @@ through `wasi:config/store`. The same protocol as the Rust greeter:
 - `banner` (default `hello`): sent when a client connects;
 - `greeting` (default `hello,`): each line is answered `<greeting> <line>`;
 - `quit` (default `quit`): the line that ends the session, answered `bye`.
+
+The line `fail` ends it with an error instead, to show how a plugin reports
+one: raising `Err(message)` ends `run` with `err`, which the host logs as
+the connection's outcome (any other exception is a trap, its traceback in
+the log).
 """
 
 import wit_world
@@ -52,4 +57,6 @@ class WitWorld(wit_world.WitWorld):
             if name == quit:
                 send(output, "bye")
                 return
+            if name == "fail":
+                raise Err("the client asked to fail")
             send(output, f"{greeting} {name}")
