@@ -12,14 +12,16 @@
 //! - [`server`]: the listeners and accept loops, admission control, one
 //!   task per connection, reload, graceful drain.
 //! - [`service`]: one version of a service: its plugin, pool and places.
-//! - [`plugin`]: reads, compiles and validates a plugin, and keeps it
+//! - [`plugin`]: reads, compiles and validates a plugin (a handler
+//!   exporting `run`, or a WASI command served on its stdio), and keeps it
 //!   pre-instantiated; [`cache`] keeps the compiled code on disk.
 //! - [`sandbox`]: the engine's settings and, per connection, a store with
 //!   its own WASI context in which `run` is called under the limits.
 //! - [`proxy_protocol`]: the client's address from a trusted proxy's
 //!   PROXY protocol header; [`tls`]: TLS termination. Both happen before a
 //!   connection is admitted.
-//! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows.
+//! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows,
+//!   or a command's stdin and stdout.
 //! - [`connection`]: what a plugin may ask of its connection
 //!   (`portico:plugin/connection`): TLS details, whether it was proxied.
 //! - [`keyvalue`]: key-value buckets (`wasi:keyvalue`) in memory, in a
@@ -35,7 +37,8 @@
 //!   runtime so that the process always stops.
 //! - [`admin`]: health, readiness, Prometheus metrics and reload over HTTP.
 //! - [`counters`]: what each service counts.
-//! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`.
+//! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`, and
+//!   the earlier versions of imports still answered.
 
 pub mod admin;
 pub mod bindings;
