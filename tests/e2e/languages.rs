@@ -6,12 +6,13 @@ use std::io::Write;
 
 use crate::util::{Host, pattern, read_line, send_and_collect};
 
-/// The Python echo (componentize-py) and the JavaScript echo
-/// (componentize-js) each serve several clients at once, byte-exact through
-/// 1 MiB each, ending each connection when its client half-closes.
+/// The echo handlers in Python (componentize-py), JavaScript
+/// (componentize-js) and C (guest-sdk/c over the contract's C bindings)
+/// each serve several clients at once, byte-exact through 1 MiB each,
+/// ending each connection when its client half-closes.
 #[test]
-fn python_and_javascript_handlers_echo_byte_exact() {
-    for plugin in ["py-echo", "js-echo"] {
+fn echo_handlers_in_python_javascript_and_c_are_byte_exact() {
+    for plugin in ["py-echo", "js-echo", "c-echo"] {
         echoes_byte_exact(plugin);
     }
 }

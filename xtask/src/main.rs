@@ -111,8 +111,9 @@ const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 /// A plugin in another language than Rust, in a folder of its own.
 #[derive(Clone, Copy)]
 enum Foreign {
-    /// A `main.c` (and any other `.c` files): a WASI command, built with
-    /// clang and wasi-libc.
+    /// C built with clang and wasi-libc: a WASI command if it has a
+    /// `main.c`, else a handler built with the C bindings of the contract
+    /// (see [`c_bindings`]).
     C,
     /// A Go module (`go.mod`): a WASI command, built with `GOOS=wasip1`.
     Go,
@@ -153,10 +154,12 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 .context("a plugin folder's name is not UTF-8")?;
             let name = format!("{language_dir}-{name}");
             let wasm = out.join(format!("{name}.wasm"));
-            if is_newer_than_sources(&wasm, &[&source, &root.join("guest-sdk/wit")])? {
+            let contract = [root.join("guest-sdk/wit"), root.join("guest-sdk/c")];
+            if is_newer_than_sources(&wasm, &[&source, &contract[0], &contract[1]])? {
                 continue;
             }
             let core = out.join(format!("{name}.core.wasm"));
+            let command = !matches!(language, Foreign::C) || source.join("main.c").is_file();
             match language {
                 Foreign::Python => {
                     let mut componentize_py = pip_tool(root, COMPONENTIZE_PY, "componentize-py")?;
@@ -183,7 +186,7 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                     )?;
                     continue;
                 }
-                Foreign::C => build_c(&source, &core)?,
+                Foreign::C => build_c(root, out, &source, &core, command)?,
                 Foreign::Go => {
                     let go = match &go {
                         Some(go) => go,
@@ -209,7 +212,10 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 .realloc_via_memory_grow(true)
                 .adapter(
                     "wasi_snapshot_preview1",
-                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+                    match command {
+                        true => wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+                        false => wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+                    },
                 )?
                 .encode()
                 .with_context(|| format!("making {} a component", core.display()))?;
@@ -220,17 +226,13 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Compiles the C files of `source` into the core module `core`.
-fn build_c(source: &Path, core: &Path) -> Result<()> {
+/// Compiles the C files of `source` into the core module `core`: a
+/// command, or a handler linked with the contract's C bindings and
+/// `guest-sdk/c`.
+fn build_c(root: &Path, out: &Path, source: &Path, core: &Path, command: bool) -> Result<()> {
     install_debian_packages(C_TOOLCHAIN)?;
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(source)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "c") {
-            files.push(path);
-        }
-    }
-    run(Command::new("clang-14")
+    let mut compile = Command::new("clang-14");
+    compile
         .args([
             "--target=wasm32-wasi",
             "--sysroot=/usr",
@@ -241,8 +243,52 @@ fn build_c(source: &Path, core: &Path) -> Result<()> {
         // Keep the name section for backtraces, drop DWARF.
         .arg("-Wl,--strip-debug")
         .arg("-o")
-        .arg(core)
-        .args(&files))
+        .arg(core);
+    if !command {
+        let bindings = c_bindings(root, out)?;
+        compile
+            .arg("-mexec-model=reactor")
+            .arg("-I")
+            .arg(&bindings)
+            .arg("-I")
+            .arg(root.join("guest-sdk/c"))
+            .arg(bindings.join("handler.c"))
+            .arg(bindings.join("handler_component_type.o"))
+            .arg(root.join("guest-sdk/c/portico.c"));
+    }
+    for entry in std::fs::read_dir(source)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "c") {
+            compile.arg(path);
+        }
+    }
+    run(&mut compile)
+}
+
+/// Writes the C bindings of the `handler` world (what `wit-bindgen c
+/// guest-sdk/wit --world handler` writes: `handler.h`, `handler.c` and
+/// `handler_component_type.o`) to a folder beside the plugins, and returns
+/// it.
+fn c_bindings(root: &Path, out: &Path) -> Result<PathBuf> {
+    use wit_bindgen_core::wit_parser::Resolve;
+    let dir = out.join("c-bindings");
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("guest-sdk/wit"))?;
+    let world = resolve.select_world(&[package], Some("handler"))?;
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)?;
+    std::fs::create_dir_all(&dir)?;
+    for (name, contents) in files.iter() {
+        let path = dir.join(name);
+        // Unchanged files keep their time, so that nothing rebuilds.
+        if std::fs::read(&path).ok().as_deref() != Some(contents) {
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(dir)
 }
 
 /// Installs [`GO_PACKAGE`] under the target folder, once, and returns its
