@@ -54,11 +54,13 @@ use crate::untrusted::Untrusted;
 pub const YIELD_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most core instances, memories and tables one plugin instance may have.
-/// A Rust plugin has about three core instances, one memory and two
-/// tables. The pool reserves this much per connection, so that every
-/// admitted connection is sure to find room; a plugin that needs more is
-/// refused at start.
-const CORE_INSTANCES_PER_PLUGIN: u32 = 16;
+/// A Rust or C plugin has three or four core instances, one memory and two
+/// tables; componentize-js's has four, componentize-py's fourteen (more
+/// with native extensions), each with one memory and its largest table
+/// under 8,000 elements. The pool reserves this much per connection, so
+/// that every admitted connection is sure to find room; a plugin that
+/// needs more is refused at start. Core instances cost nothing until used.
+const CORE_INSTANCES_PER_PLUGIN: u32 = 32;
 const MEMORIES_PER_PLUGIN: u32 = 1;
 const TABLES_PER_PLUGIN: u32 = 8;
 /// Largest table of a plugin instance, in elements.
