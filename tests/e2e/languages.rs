@@ -36,7 +36,9 @@ fn echoes_byte_exact(plugin: &str) {
 
 /// The greeter, in every language, reads the operator's settings (through
 /// `wasi:config` in a handler, the environment in a command) and speaks the
-/// same line protocol, with two clients at once.
+/// same line protocol, with two clients at once; an error it reports and a
+/// crash are logged as the connection's outcome, with what the runtime
+/// printed.
 #[test]
 fn every_greeter_reads_its_settings() {
     for plugin in [
@@ -79,5 +81,23 @@ fn every_greeter_reads_its_settings() {
             _ => failed.contains("error=\"the client asked to fail\""),
         };
         assert!(reported, "{plugin}: {failed}");
+
+        let mut crashing = host.connect();
+        assert_eq!(read_line(&mut crashing), "welcome to portico\n", "{plugin}");
+        crashing.write_all(b"crash\n").unwrap();
+        crate::util::assert_closed(&mut crashing);
+        // What each runtime prints of a crash, on stderr (C's abort prints
+        // nothing; Go's panic ends the program with a failure status).
+        let (outcome, printed) = match plugin {
+            "greeter" => ("trap", Some("the client asked to crash")),
+            "py-greeter" => ("trap", Some("RuntimeError: the client asked to crash")),
+            "js-greeter" => ("trap", Some("expected a string")),
+            "c-greeter" => ("trap", None),
+            _ => ("error", Some("panic: the client asked to crash")),
+        };
+        host.wait_for_log(&["closed", "conn=3", &format!("outcome=\"{outcome}\"")]);
+        if let Some(printed) = printed {
+            host.wait_for_log(&[printed, "conn=3", "stream=\"stderr\""]);
+        }
     }
 }

@@ -9,7 +9,8 @@
  *
  * The line `fail` ends it with an error instead, to show how a command
  * reports one: what it prints to stderr goes to the host's log, and a
- * failure status is the connection's outcome.
+ * failure status is the connection's outcome. The line `crash` aborts,
+ * to show what the host logs of a crash (a trap).
  *
  * stdin reads the connection and stdout writes to it. stdout is not a
  * terminal, so C buffers it: flush after each answer.
@@ -52,6 +53,9 @@ int main(void) {
         if (strcmp(name, "fail") == 0) {
             fprintf(stderr, "the client asked to fail\n");
             return EXIT_FAILURE;
+        }
+        if (strcmp(name, "crash") == 0) {
+            abort();
         }
         printf("%s %s\n", greeting, name);
         fflush(stdout);

@@ -8,7 +8,9 @@
 //
 // The line "fail" ends it with an error instead, to show how a command
 // reports one: what it prints to stderr goes to the host's log, and a
-// failure status is the connection's outcome.
+// failure status is the connection's outcome. The line "crash" panics, to
+// show what the host logs of a crash: Go prints the panic to stderr and
+// exits with a failure status.
 //
 // stdin reads the connection and stdout writes to it.
 package main
@@ -43,6 +45,9 @@ func main() {
 		if name == "fail" {
 			fmt.Fprintln(os.Stderr, "the client asked to fail")
 			os.Exit(1)
+		}
+		if name == "crash" {
+			panic("the client asked to crash")
 		}
 		fmt.Println(greeting, name)
 	}

@@ -7,7 +7,8 @@
 //! - `quit` (default `quit`): the line that ends the session.
 //!
 //! The line `fail` ends it with an error instead, to show how a plugin
-//! reports one: the host logs it as the connection's outcome.
+//! reports one: the host logs it as the connection's outcome. The line
+//! `crash` panics, to show what the host logs of a crash (a trap).
 //!
 //! ```text
 //! $ host --plugin greeter.wasm --config banner="welcome to portico" --config greeting=hi
@@ -42,6 +43,9 @@ impl Handler for Greeter {
             }
             if name == "fail" {
                 return Err("the client asked to fail".into());
+            }
+            if name == "crash" {
+                panic!("the client asked to crash");
             }
             writeln!(output, "{greeting} {name}")?;
         }

@@ -9,7 +9,8 @@
 //
 // The line `fail` ends it with an error instead, to show how a plugin
 // reports one: what `run` throws is its `err`, which the host logs as the
-// connection's outcome.
+// connection's outcome. The line `crash` calls what is not a function, to
+// show what the host logs of a crash.
 
 import { get } from 'wasi:config/store@0.2.0-rc.1';
 
@@ -61,6 +62,9 @@ export function run(info, input, output) {
     }
     if (name === 'fail') {
       throw 'the client asked to fail';
+    }
+    if (name === 'crash') {
+      undefined.crash();
     }
     send(output, `${greeting} ${name}`);
   }

@@ -8,8 +8,8 @@ through `wasi:config/store`. The same protocol as the Rust greeter:
 
 The line `fail` ends it with an error instead, to show how a plugin reports
 one: raising `Err(message)` ends `run` with `err`, which the host logs as
-the connection's outcome (any other exception is a trap, its traceback in
-the log).
+the connection's outcome. The line `crash` raises any other exception,
+to show what the host logs of a crash: a trap, the traceback on stderr.
 """
 
 import wit_world
@@ -59,4 +59,6 @@ class WitWorld(wit_world.WitWorld):
                 return
             if name == "fail":
                 raise Err("the client asked to fail")
+            if name == "crash":
+                raise RuntimeError("the client asked to crash")
             send(output, f"{greeting} {name}")
