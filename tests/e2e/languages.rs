@@ -7,12 +7,13 @@ use std::io::Write;
 use crate::util::{Host, pattern, read_line, send_and_collect};
 
 /// The echo handlers in Python (componentize-py), JavaScript
-/// (componentize-js) and C (guest-sdk/c over the contract's C bindings)
-/// each serve several clients at once, byte-exact through 1 MiB each,
-/// ending each connection when its client half-closes.
+/// (componentize-js), C (guest-sdk/c over the contract's C bindings) and Go
+/// (the contract's Go bindings) each serve several clients at once,
+/// byte-exact through 1 MiB each, ending each connection when its client
+/// half-closes.
 #[test]
-fn echo_handlers_in_python_javascript_and_c_are_byte_exact() {
-    for plugin in ["py-echo", "js-echo", "c-echo"] {
+fn echo_handlers_in_every_language_are_byte_exact() {
+    for plugin in ["py-echo", "js-echo", "c-echo", "go-echo"] {
         echoes_byte_exact(plugin);
     }
 }
@@ -29,7 +30,7 @@ fn echoes_byte_exact(plugin: &str) {
         })
         .collect();
     for client in clients {
-        assert!(client.join().unwrap(), "a client's echo differed");
+        assert!(client.join().unwrap(), "{plugin}: a client's echo differed");
     }
     host.wait_for_lines(&["closed", "bytes_out=1048576", "outcome=\"ok\""], 4);
 }

@@ -115,7 +115,9 @@ enum Foreign {
     /// `main.c`, else a handler built with the C bindings of the contract
     /// (see [`c_bindings`]).
     C,
-    /// A Go module (`go.mod`): a WASI command, built with `GOOS=wasip1`.
+    /// Go built with `GOOS=wasip1`: a WASI command if it is a module of its
+    /// own (`go.mod`), else a handler, its package `export_wit_world` built
+    /// with the Go bindings of the contract (see [`go_bindings`]).
     Go,
     /// An `app.py` defining `WitWorld`: a handler for the
     /// `portico:plugin/handler` world, built with componentize-py.
@@ -159,7 +161,11 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 continue;
             }
             let core = out.join(format!("{name}.core.wasm"));
-            let command = !matches!(language, Foreign::C) || source.join("main.c").is_file();
+            let command = match language {
+                Foreign::C => source.join("main.c").is_file(),
+                Foreign::Go => source.join("go.mod").is_file(),
+                Foreign::Python | Foreign::JavaScript => false,
+            };
             match language {
                 Foreign::Python => {
                     let mut componentize_py = pip_tool(root, COMPONENTIZE_PY, "componentize-py")?;
@@ -192,24 +198,41 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                         Some(go) => go,
                         None => go.insert(install_go(root)?),
                     };
+                    let module = match command {
+                        true => source.clone(),
+                        false => go_handler_module(out, &source, &name)?,
+                    };
                     run(Command::new(go)
-                        .current_dir(&source)
+                        .current_dir(&module)
                         .env("GOOS", "wasip1")
                         .env("GOARCH", "wasm")
                         // The Go installed, never one fetched for go.mod.
                         .env("GOTOOLCHAIN", "local")
-                        .args(["build", "-trimpath", "-o"])
+                        .args(["build", "-trimpath"])
+                        // A handler is a library the host calls into; the
+                        // bindings' runtime reaches into Go's allocator.
+                        .args(match command {
+                            true => &[][..],
+                            false => &["-buildmode=c-shared", "-ldflags=-checklinkname=0"][..],
+                        })
+                        .arg("-o")
                         .arg(&core)
                         .arg("."))?;
                 }
             }
-            let module =
+            let mut module =
                 std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+            if matches!(language, Foreign::Go) && !command {
+                embed_handler_world(&mut module)?;
+            }
             let component = wit_component::ComponentEncoder::default()
                 .validate(true)
                 .module(&module)?
-                // Go's module has no `cabi_realloc` for the adapter to use.
-                .realloc_via_memory_grow(true)
+                // A command's module may have no `cabi_realloc` for the
+                // adapter to use (Go's has none); a handler's has, from its
+                // bindings, and the adapter must use it (with memory.grow
+                // instead, Go's handler traps in the adapter).
+                .realloc_via_memory_grow(command)
                 .adapter(
                     "wasi_snapshot_preview1",
                     match command {
@@ -245,7 +268,7 @@ fn build_c(root: &Path, out: &Path, source: &Path, core: &Path, command: bool) -
         .arg("-o")
         .arg(core);
     if !command {
-        let bindings = c_bindings(root, out)?;
+        let bindings = c_bindings(out)?;
         compile
             .arg("-mexec-model=reactor")
             .arg("-I")
@@ -269,12 +292,9 @@ fn build_c(root: &Path, out: &Path, source: &Path, core: &Path, command: bool) -
 /// guest-sdk/wit --world handler` writes: `handler.h`, `handler.c` and
 /// `handler_component_type.o`) to a folder beside the plugins, and returns
 /// it.
-fn c_bindings(root: &Path, out: &Path) -> Result<PathBuf> {
-    use wit_bindgen_core::wit_parser::Resolve;
+fn c_bindings(out: &Path) -> Result<PathBuf> {
     let dir = out.join("c-bindings");
-    let mut resolve = Resolve::default();
-    let (package, _) = resolve.push_dir(root.join("guest-sdk/wit"))?;
-    let world = resolve.select_world(&[package], Some("handler"))?;
+    let (mut resolve, world) = handler_world()?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()
@@ -289,6 +309,105 @@ fn c_bindings(root: &Path, out: &Path) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// The `handler` world of the contract, parsed.
+fn handler_world() -> Result<(
+    wit_bindgen_core::wit_parser::Resolve,
+    wit_bindgen_core::wit_parser::WorldId,
+)> {
+    let mut resolve = wit_bindgen_core::wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(workspace_root().join("guest-sdk/wit"))?;
+    let world = resolve.select_world(&[package], Some("handler"))?;
+    Ok((resolve, world))
+}
+
+/// Records in `module` the world it implements, as `wasm-tools component
+/// embed guest-sdk/wit --world handler` would (C's bindings carry it in
+/// their object file; Go's do not).
+fn embed_handler_world(module: &mut Vec<u8>) -> Result<()> {
+    let (resolve, world) = handler_world()?;
+    wit_component::embed_component_metadata(
+        module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )?;
+    Ok(())
+}
+
+/// A Go module to build the handler in `source` with: the contract's Go
+/// bindings (what `wit-bindgen go guest-sdk/wit --world handler` writes),
+/// their runtime package from the wit-bindgen-go crate (so nothing comes
+/// from the Go module proxy), and the handler's package
+/// `export_wit_world`.
+fn go_handler_module(out: &Path, source: &Path, name: &str) -> Result<PathBuf> {
+    let dir = out.join("go-build").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    go_bindings(&dir)?;
+    let runtime = wit_bindgen_go_runtime()?;
+    let go_mod = dir.join("go.mod");
+    let mut text = std::fs::read_to_string(&go_mod)?;
+    text.push_str(&format!(
+        "\nreplace go.bytecodealliance.org/pkg => {}\n",
+        runtime.display()
+    ));
+    std::fs::write(&go_mod, text)?;
+    let package = dir.join("export_wit_world");
+    std::fs::create_dir_all(&package)?;
+    for entry in std::fs::read_dir(source.join("export_wit_world"))? {
+        let path = entry?.path();
+        if let Some(file) = path.file_name() {
+            std::fs::copy(&path, package.join(file))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// The Go runtime package the bindings import, as the wit-bindgen-go
+/// crate ships it (in its source, which cargo fetched to build xtask).
+fn wit_bindgen_go_runtime() -> Result<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let registry = cargo_home.join("registry").join("src");
+    for index in
+        std::fs::read_dir(&registry).with_context(|| format!("reading {}", registry.display()))?
+    {
+        let pkg = index?
+            .path()
+            .join("wit-bindgen-go-0.61.1")
+            .join("src")
+            .join("pkg");
+        if pkg.join("go.mod").is_file() {
+            return Ok(pkg);
+        }
+    }
+    bail!(
+        "wit-bindgen-go 0.61.1's source is not under {}",
+        registry.display()
+    )
+}
+
+/// Writes the Go bindings of the `handler` world to `dir`.
+fn go_bindings(dir: &Path) -> Result<()> {
+    let (mut resolve, world) = handler_world()?;
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_go::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)?;
+    for (name, contents) in files.iter() {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::read(&path).ok().as_deref() != Some(contents) {
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Installs [`GO_PACKAGE`] under the target folder, once, and returns its
@@ -351,16 +470,21 @@ fn npm_tool(root: &Path, package: &str, program: &str) -> Result<PathBuf> {
     Ok(tool)
 }
 
-/// Whether `output` exists and is newer than every file in `sources`: a
+/// Whether `output` exists and is newer than every file in `sources` and
+/// their sub-folders: a
 /// plugin built by a slow toolchain (componentize-py takes seconds) is
 /// built again only when it or the contract changed.
 fn is_newer_than_sources(output: &Path, sources: &[&Path]) -> Result<bool> {
     let Ok(built) = std::fs::metadata(output).and_then(|meta| meta.modified()) else {
         return Ok(false);
     };
-    for source in sources {
-        for entry in std::fs::read_dir(source)? {
-            if entry?.metadata()?.modified()? > built {
+    let mut folders: Vec<PathBuf> = sources.iter().map(|source| source.to_path_buf()).collect();
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                folders.push(entry.path());
+            } else if entry.metadata()?.modified()? > built {
                 return Ok(false);
             }
         }
