@@ -483,7 +483,10 @@ fn is_newer_than_sources(output: &Path, sources: &[&Path]) -> Result<bool> {
         for entry in std::fs::read_dir(&folder)? {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
-                folders.push(entry.path());
+                // What componentize-py writes beside the sources.
+                if entry.file_name() != "__pycache__" {
+                    folders.push(entry.path());
+                }
             } else if entry.metadata()?.modified()? > built {
                 return Ok(false);
             }
