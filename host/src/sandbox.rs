@@ -42,7 +42,7 @@ use crate::keyvalue::Granted;
 use crate::messaging::{self, ConnMessaging};
 use crate::outbound::{ConnOutbound, Policy};
 use crate::plugin::{Instance, Plugin};
-use crate::socket::{Socket, SocketInput, SocketOutput, SocketStdio};
+use crate::socket::{SharedOutput, Socket, SocketInput, SocketOutput, SocketStdio};
 use crate::stdio::{PluginLog, Stream};
 use crate::untrusted::Untrusted;
 
@@ -234,6 +234,8 @@ pub struct ConnState {
     /// The client's socket; `None` in the instance that checks a plugin
     /// at load, which serves no one.
     pub(crate) socket: Option<Arc<Socket>>,
+    /// A command's stdout, which every handle it opens shares.
+    pub(crate) stdout: Option<SharedOutput>,
     memory: MemoryLimit,
 }
 
@@ -342,9 +344,12 @@ impl Sandbox {
         ));
         let check = outbound.clone();
         let mut wasi = WasiCtx::builder();
+        let mut stdout = None;
         if let (true, Some((socket, info))) = (self.plugin.is_command(), client) {
-            wasi.stdin(SocketStdio(socket.clone()))
-                .stdout(SocketStdio(socket.clone()))
+            let stdio = SocketStdio::new(socket.clone());
+            stdout = Some(stdio.output());
+            wasi.stdin(stdio.clone())
+                .stdout(stdio)
                 .args(&self.plugin.arguments)
                 .envs(&client_environment(info));
             for (name, value) in self.plugin.settings.iter() {
@@ -380,6 +385,7 @@ impl Sandbox {
             buckets: self.buckets.clone(),
             messaging: ConnMessaging::new(self.messaging.clone(), self.counters.clone()),
             socket: None,
+            stdout,
             memory: MemoryLimit {
                 service: self.service.clone(),
                 conn,
@@ -494,9 +500,14 @@ impl Sandbox {
     fn connection_store(&self, info: &ConnectionInfo, socket: &Arc<Socket>) -> Result<ConnStore> {
         let mut store = self.new_store(info.id, Some((socket, info)));
         store.data_mut().socket = Some(socket.clone());
-        let table = &mut store.data_mut().table;
         let input: DynInputStream = Box::new(SocketInput::new(socket.clone()));
-        let output: DynOutputStream = Box::new(SocketOutput::new(socket.clone()));
+        // A command writes through its stdout; the handle kept here is the
+        // same, so that what it leaves unsent is flushed as a handler's is.
+        let output: DynOutputStream = match store.data().stdout.clone() {
+            Some(stdout) => Box::new(stdout),
+            None => Box::new(SocketOutput::new(socket.clone())),
+        };
+        let table = &mut store.data_mut().table;
         let input = table.push(input)?;
         let output = table.push(output)?;
         Ok(ConnStore {

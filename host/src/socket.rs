@@ -226,9 +226,28 @@ fn stream_error(error: io::Error) -> StreamError {
     }
 }
 
-/// The socket as a WASI command's stdin and stdout: each handle the
-/// command opens is a stream on it, as a handler's are.
-pub struct SocketStdio(pub Arc<Socket>);
+/// The socket as a WASI command's stdin and stdout. Every stdout handle
+/// the command opens writes through one [`SocketOutput`]: however many it
+/// opens, the host holds at most one write's worth for the client, bytes
+/// leave in the order written, and the host flushes what is left when the
+/// command ends ([`SocketStdio::output`]).
+#[derive(Clone)]
+pub struct SocketStdio {
+    socket: Arc<Socket>,
+    output: SharedOutput,
+}
+
+impl SocketStdio {
+    pub fn new(socket: Arc<Socket>) -> Self {
+        let output = SharedOutput(Arc::new(Mutex::new(SocketOutput::new(socket.clone()))));
+        Self { socket, output }
+    }
+
+    /// The stdout every handle shares.
+    pub fn output(&self) -> SharedOutput {
+        self.output.clone()
+    }
+}
 
 impl IsTerminal for SocketStdio {
     fn is_terminal(&self) -> bool {
@@ -238,7 +257,7 @@ impl IsTerminal for SocketStdio {
 
 impl StdinStream for SocketStdio {
     fn p2_stream(&self) -> Box<dyn InputStream> {
-        Box::new(SocketInput::new(self.0.clone()))
+        Box::new(SocketInput::new(self.socket.clone()))
     }
 
     /// Only WASI 0.3's stdin reads this, and the host links WASI 0.2 alone.
@@ -249,12 +268,62 @@ impl StdinStream for SocketStdio {
 
 impl StdoutStream for SocketStdio {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(SocketOutput::new(self.0.clone()))
+        Box::new(self.output())
     }
 
     /// Only WASI 0.3's stdout writes this, and the host links WASI 0.2 alone.
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(tokio::io::sink())
+    }
+}
+
+/// One [`SocketOutput`] behind several stream handles.
+#[derive(Clone)]
+pub struct SharedOutput(Arc<Mutex<SocketOutput>>);
+
+impl SharedOutput {
+    fn lock(&self) -> MutexGuard<'_, SocketOutput> {
+        // Each call leaves the output consistent before anything that could
+        // panic, so a poisoned lock holds good data.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for SharedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.lock().write(bytes)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.lock().flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.lock().check_write()
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for SharedOutput {
+    /// As [`SocketOutput`]'s, without holding the lock while it waits.
+    async fn ready(&mut self) {
+        loop {
+            let socket = {
+                let mut output = self.lock();
+                if output.closed || !output.has_unsent() {
+                    return;
+                }
+                output.socket.clone()
+            };
+            if socket.tcp.writable().await.is_err() {
+                return;
+            }
+            // An error closes the stream, which the next call reports.
+            let _ = self.lock().send_pending();
+        }
     }
 }
 
@@ -402,6 +471,10 @@ impl SocketOutput {
 #[wasmtime_wasi::async_trait]
 impl OutputStream for SocketOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // Nothing is within any permit, even none.
+        if bytes.is_empty() {
+            return Ok(());
+        }
         if !self.pending.is_empty() || bytes.len() > MAX_PENDING_BYTES {
             return Err(StreamError::trap(
                 "write exceeded the permit from check-write",

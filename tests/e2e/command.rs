@@ -140,3 +140,48 @@ fn a_plugin_importing_spins_wasi_config_reads_its_settings() {
     conn.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "greeting: hello\nsettings: 2\n");
 }
+
+/// However many stdout handles a command opens, they share one write's
+/// worth of pending output: commands filling handles for clients that do
+/// not read, as many as cores and more, leave the host's memory where it
+/// was.
+#[test]
+fn many_stdout_handles_cannot_grow_the_host() {
+    let host = Host::start("misbehave-command", &[]);
+    let before = host.rss_kib();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = host.connect();
+            conn.write_all(b"many-stdout 1000\n").unwrap();
+            conn
+        })
+        .collect();
+    // A leak of a write's worth per handle would be 64 MiB per client.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let grown = host.rss_kib().saturating_sub(before);
+    assert!(grown < 32 * 1024, "the host grew by {grown} KiB");
+    for mut conn in clients {
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    }
+    host.wait_for_lines(&["closed", "outcome=\"ok\""], 4);
+}
+
+/// What a command wrote and never flushed still reaches its client after
+/// it exits, as a handler's does.
+#[test]
+fn a_commands_unflushed_output_is_delivered() {
+    let host = Host::start("misbehave-command", &[]);
+    let mut conn = host.connect();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    conn.write_all(b"unflushed 4194304\n").unwrap();
+    // Reading late lets the socket fill, so that the last write is still
+    // in the host when the command exits.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut received = Vec::new();
+    conn.read_to_end(&mut received).unwrap();
+    assert_eq!(received.len(), 4 << 20);
+    assert!(received.iter().all(|&byte| byte == b'x'));
+    host.wait_for_log(&["closed", "outcome=\"ok\"", "bytes_out=4194304"]);
+}
