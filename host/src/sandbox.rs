@@ -579,14 +579,16 @@ impl Sandbox {
 /// words for it (at compile time for a memory, at instantiation for the
 /// rest).
 pub fn pool_hint(cause: &str) -> Option<String> {
-    if cause.contains("minimum byte size") {
+    if cause.contains("minimum byte size") && cause.contains("exceeds the limit of") {
         return Some(
             ": its initial memory is larger than a connection may use; raise --max-memory \
              (max-memory in the config file)"
                 .to_string(),
         );
     }
-    if cause.contains("in the pooling allocator") {
+    if cause.contains("exceeds the configured maximum of")
+        && cause.contains("in the pooling allocator")
+    {
         return Some(format!(
             ": this host gives each plugin at most {CORE_INSTANCES_PER_PLUGIN} core \
              instances, {MEMORIES_PER_PLUGIN} memory and {TABLES_PER_PLUGIN} tables"

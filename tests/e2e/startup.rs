@@ -131,7 +131,7 @@ fn plugin_whose_memory_exceeds_max_memory() {
         &[
             "does not fit this host's limits",
             "raise --max-memory",
-            "1114112",
+            "minimum byte size",
         ],
     );
 }

@@ -32,13 +32,17 @@ fn main() -> ExitCode {
     };
     let result = match task {
         // `cargo xtask run -- FLAGS` works as well as `cargo xtask run FLAGS`.
-        "run" => build_plugins()
+        // Running the host and the benchmark need the Rust plugins only, so
+        // they need no other language's toolchain.
+        "run" => build_plugins(Languages::Rust)
             .and_then(|dir| run_host(&dir, rest.strip_prefix(&["--".to_string()]).unwrap_or(rest))),
         "test" => install_test_programs()
-            .and_then(|()| build_plugins())
+            .and_then(|()| build_plugins(Languages::All))
             .and_then(|dir| run_tests(&dir, rest)),
-        "bench" => build_plugins().and_then(|dir| run_bench(&dir, rest)),
-        "plugins" => build_plugins().map(|dir| println!("plugins built in {}", dir.display())),
+        "bench" => build_plugins(Languages::Rust).and_then(|dir| run_bench(&dir, rest)),
+        "plugins" => {
+            build_plugins(Languages::All).map(|dir| println!("plugins built in {}", dir.display()))
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | plugins>"
@@ -62,9 +66,17 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Installs the plugin target, builds every plugin crate for it, and
-/// returns the folder holding the `.wasm` files.
-fn build_plugins() -> Result<PathBuf> {
+/// Which plugins to build.
+#[derive(PartialEq)]
+enum Languages {
+    Rust,
+    All,
+}
+
+/// Installs the plugin target, builds every plugin crate for it (and with
+/// [`Languages::All`] the plugins in other languages), and returns the
+/// folder holding the `.wasm` files.
+fn build_plugins(languages: Languages) -> Result<PathBuf> {
     let root = workspace_root();
     run(Command::new("rustup").args(["target", "add", PLUGIN_TARGET]))?;
 
@@ -83,7 +95,9 @@ fn build_plugins() -> Result<PathBuf> {
     }
     run(&mut build)?;
     let out = target_dir(&root).join(PLUGIN_TARGET).join("release");
-    build_foreign_plugins(&root, &out)?;
+    if languages == Languages::All {
+        build_foreign_plugins(&root, &out)?;
+    }
     Ok(out)
 }
 
@@ -160,6 +174,9 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
             if is_newer_than_sources(&wasm, &[&source, &contract[0], &contract[1]])? {
                 continue;
             }
+            // Written under another name and renamed once whole, so that an
+            // interrupted build never leaves a plugin that looks fresh.
+            let partial = out.join(format!("{name}.wasm.partial"));
             let core = out.join(format!("{name}.core.wasm"));
             let command = match language {
                 Foreign::C => source.join("main.c").is_file(),
@@ -176,7 +193,8 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                         .arg("--python-path")
                         .arg(&source)
                         .arg("--output")
-                        .arg(&wasm))?;
+                        .arg(&partial))?;
+                    std::fs::rename(&partial, &wasm)?;
                     continue;
                 }
                 Foreign::JavaScript => {
@@ -188,8 +206,9 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                             .args(["--world-name", "handler"])
                             // Portico serves raw TCP: no wasi:http to import.
                             .args(["--disable", "http", "fetch-event", "--out"])
-                            .arg(&wasm),
+                            .arg(&partial),
                     )?;
+                    std::fs::rename(&partial, &wasm)?;
                     continue;
                 }
                 Foreign::C => build_c(root, out, &source, &core, command)?,
@@ -208,6 +227,10 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                         .env("GOARCH", "wasm")
                         // The Go installed, never one fetched for go.mod.
                         .env("GOTOOLCHAIN", "local")
+                        .env(
+                            "GOCACHE",
+                            target_dir(root).join("toolchains").join("go-cache"),
+                        )
                         .args(["build", "-trimpath"])
                         // A handler is a library the host calls into; the
                         // bindings' runtime reaches into Go's allocator.
@@ -242,8 +265,9 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 )?
                 .encode()
                 .with_context(|| format!("making {} a component", core.display()))?;
-            std::fs::write(&wasm, component)
-                .with_context(|| format!("writing {}", wasm.display()))?;
+            std::fs::write(&partial, component)
+                .with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &wasm)?;
         }
     }
     Ok(())
@@ -459,25 +483,34 @@ fn npm_tool(root: &Path, package: &str, program: &str) -> Result<PathBuf> {
     let dir = target_dir(root)
         .join("toolchains")
         .join(package.replace(['@', '/'], "-").trim_start_matches('-'));
-    let tool = dir.join("node_modules").join(".bin").join(program);
-    if !tool.is_file() {
+    if !dir.is_dir() {
         eprintln!("xtask: installing {package} with npm");
+        // Installed aside and moved into place once whole, as with pip.
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&dir)
+            .arg(&partial)
             .arg(package))?;
+        std::fs::rename(&partial, &dir)
+            .with_context(|| format!("moving {} into place", dir.display()))?;
     }
-    Ok(tool)
+    Ok(dir.join("node_modules").join(".bin").join(program))
 }
 
 /// Whether `output` exists and is newer than every file in `sources` and
 /// their sub-folders: a
 /// plugin built by a slow toolchain (componentize-py takes seconds) is
-/// built again only when it or the contract changed.
+/// built again only when it, the contract or xtask changed.
 fn is_newer_than_sources(output: &Path, sources: &[&Path]) -> Result<bool> {
     let Ok(built) = std::fs::metadata(output).and_then(|meta| meta.modified()) else {
         return Ok(false);
     };
+    // A new xtask may pin other toolchains or pass other flags.
+    let xtask = std::env::current_exe()?;
+    if std::fs::metadata(&xtask)?.modified()? > built {
+        return Ok(false);
+    }
     let mut folders: Vec<PathBuf> = sources.iter().map(|source| source.to_path_buf()).collect();
     while let Some(folder) = folders.pop() {
         for entry in std::fs::read_dir(&folder)? {
