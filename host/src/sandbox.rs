@@ -353,7 +353,9 @@ impl Sandbox {
                 .args(&self.plugin.arguments)
                 .envs(&client_environment(info));
             for (name, value) in self.plugin.settings.iter() {
-                wasi.env(name, value);
+                if is_free_environment_name(name) {
+                    wasi.env(name, value);
+                }
             }
         } else {
             wasi.stdout(log.stream(Stream::Stdout));
@@ -595,6 +597,23 @@ pub fn pool_hint(cause: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// The environment variables [`client_environment`] sets.
+const CLIENT_VARIABLES: &[&str] = &[
+    "PROTO",
+    "PORTICO_CONN",
+    "TCPREMOTEIP",
+    "TCPREMOTEPORT",
+    "TCPLOCALIP",
+    "TCPLOCALPORT",
+];
+
+/// Whether a setting called `name` may join a command's environment: not
+/// one of the connection's own variables (those stay the host's), and a
+/// name the environment can hold.
+fn is_free_environment_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0']) && !CLIENT_VARIABLES.contains(&name)
 }
 
 /// A connection's details as UCSPI-TCP names them (what `tcpserver` and

@@ -52,6 +52,8 @@ fn a_command_gets_settings_and_addresses_in_its_environment() {
             "args=-v --port 7",
             "--config",
             "greeting=hi there",
+            "--config",
+            "TCPREMOTEIP=forged",
         ],
     );
     let mut conn = host.connect();
@@ -80,6 +82,8 @@ fn a_command_gets_settings_and_addresses_in_its_environment() {
             "{line:?} missing from:\n{answer}"
         );
     }
+    // The connection's own variables are the host's, whatever the settings.
+    assert!(!answer.contains("forged"), "{answer}");
 }
 
 /// A command that exits with a failure status, panics or spins is logged
