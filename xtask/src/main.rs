@@ -132,7 +132,7 @@ enum Foreign {
     C,
     /// Go built with `GOOS=wasip1`: a WASI command if it is a module of its
     /// own (`go.mod`), else a handler, its package `export_wit_world` built
-    /// with the Go bindings of the contract (see [`go_bindings`]).
+    /// with the Go bindings of the contract (see [`go_handler_module`]).
     Go,
     /// An `app.py` defining `WitWorld`: a handler for the
     /// `portico:plugin/handler` world, built with componentize-py.
@@ -319,21 +319,30 @@ fn build_c(root: &Path, out: &Path, source: &Path, core: &Path, command: bool) -
 /// it.
 fn c_bindings(out: &Path) -> Result<PathBuf> {
     let dir = out.join("c-bindings");
+    write_bindings(wit_bindgen_c::Opts::default().build(), &dir)?;
+    Ok(dir)
+}
+
+/// Writes what `generator` makes of the `handler` world to `dir`.
+fn write_bindings(
+    mut generator: Box<dyn wit_bindgen_core::WorldGenerator>,
+    dir: &Path,
+) -> Result<()> {
     let (mut resolve, world) = handler_world()?;
     let mut files = wit_bindgen_core::Files::default();
-    wit_bindgen_c::Opts::default()
-        .build()
-        .generate(&mut resolve, world, &mut files)?;
-    std::fs::create_dir_all(&dir)?;
+    generator.generate(&mut resolve, world, &mut files)?;
     for (name, contents) in files.iter() {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         // Unchanged files keep their time, so that nothing rebuilds.
         if std::fs::read(&path).ok().as_deref() != Some(contents) {
             std::fs::write(&path, contents)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// The `handler` world of the contract, parsed.
@@ -369,7 +378,7 @@ fn embed_handler_world(module: &mut Vec<u8>) -> Result<()> {
 fn go_handler_module(out: &Path, source: &Path, name: &str) -> Result<PathBuf> {
     let dir = out.join("go-build").join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    go_bindings(&dir)?;
+    write_bindings(wit_bindgen_go::Opts::default().build(), &dir)?;
     let runtime = wit_bindgen_go_runtime()?;
     let go_mod = dir.join("go.mod");
     let mut text = std::fs::read_to_string(&go_mod)?;
@@ -413,26 +422,6 @@ fn wit_bindgen_go_runtime() -> Result<PathBuf> {
         "wit-bindgen-go 0.61.1's source is not under {}",
         registry.display()
     )
-}
-
-/// Writes the Go bindings of the `handler` world to `dir`.
-fn go_bindings(dir: &Path) -> Result<()> {
-    let (mut resolve, world) = handler_world()?;
-    let mut files = wit_bindgen_core::Files::default();
-    wit_bindgen_go::Opts::default()
-        .build()
-        .generate(&mut resolve, world, &mut files)?;
-    for (name, contents) in files.iter() {
-        let path = dir.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        if std::fs::read(&path).ok().as_deref() != Some(contents) {
-            std::fs::write(&path, contents)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Installs [`GO_PACKAGE`] under the target folder, once, and returns its

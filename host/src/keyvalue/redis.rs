@@ -27,28 +27,17 @@ const POOL_SIZE: usize = 4;
 /// The error the scripts answer when a new key would pass `max-keys`.
 const BUCKET_FULL: &str = "portico-bucket-full";
 
-/// Sets `KEYS[1]` to `ARGV[1]`, counting a new key in `KEYS[2]` unless
-/// that would pass `ARGV[2]`.
-const SET: &str = r#"
+/// Runs the write `ARGV[3]` (`SET` or `INCRBY`) on `KEYS[1]` with
+/// `ARGV[1]`, counting a new key in `KEYS[2]` unless that would pass
+/// `ARGV[2]`.
+const WRITE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('INCR', KEYS[2]) > tonumber(ARGV[2]) then
     redis.call('DECR', KEYS[2])
     return redis.error_reply('portico-bucket-full')
   end
 end
-return redis.call('SET', KEYS[1], ARGV[1])
-"#;
-
-/// Adds `ARGV[1]` to the counter at `KEYS[1]`, counting a new key in
-/// `KEYS[2]` unless that would pass `ARGV[2]`.
-const INCREMENT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('INCR', KEYS[2]) > tonumber(ARGV[2]) then
-    redis.call('DECR', KEYS[2])
-    return redis.error_reply('portico-bucket-full')
-  end
-end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call(ARGV[3], KEYS[1], ARGV[1])
 "#;
 
 /// Deletes `KEYS[1]`, uncounting it from `KEYS[2]` if it was there.
@@ -86,8 +75,7 @@ pub struct Redis {
     /// of them.
     count: String,
     max_keys: u64,
-    set: redis::Script,
-    increment: redis::Script,
+    write: redis::Script,
     delete: redis::Script,
 }
 
@@ -132,8 +120,7 @@ impl Redis {
             prefix,
             count,
             max_keys,
-            set: redis::Script::new(SET),
-            increment: redis::Script::new(INCREMENT),
+            write: redis::Script::new(WRITE),
             delete: redis::Script::new(DELETE),
         })
     }
@@ -165,6 +152,24 @@ impl Redis {
             .map_err(|error| self.failed(error))
     }
 
+    /// Runs the write `command` on `key` with `arg`, within `max-keys`.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        command: &str,
+        key: &str,
+        arg: impl redis::ToRedisArgs,
+    ) -> KvResult<T> {
+        self.run(
+            self.write
+                .key(self.key(key))
+                .key(&self.count)
+                .arg(arg)
+                .arg(self.max_keys)
+                .arg(command),
+        )
+        .await
+    }
+
     fn failed(&self, error: redis::RedisError) -> KvError {
         // Redis 7 answers the script's error as `ERR portico-bucket-full`;
         // older servers pass it on as it is.
@@ -182,14 +187,7 @@ impl Backend for Redis {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> KvResult<()> {
-        self.run(
-            self.set
-                .key(self.key(key))
-                .key(&self.count)
-                .arg(value)
-                .arg(self.max_keys),
-        )
-        .await
+        self.write("SET", key, value).await
     }
 
     async fn delete(&self, key: &str) -> KvResult<()> {
@@ -223,15 +221,7 @@ impl Backend for Redis {
 
     async fn increment(&self, key: &str, delta: u64) -> KvResult<u64> {
         let delta = i64::try_from(delta).map_err(|_| other("increment too large"))?;
-        let value: i64 = self
-            .run(
-                self.increment
-                    .key(self.key(key))
-                    .key(&self.count)
-                    .arg(delta)
-                    .arg(self.max_keys),
-            )
-            .await?;
+        let value: i64 = self.write("INCRBY", key, delta).await?;
         u64::try_from(value).map_err(|_| other("counter is negative"))
     }
 }
