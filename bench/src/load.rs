@@ -368,3 +368,20 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     }
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
+
+/// Runs one scenario against `addr` and prints its rate.
+pub fn drive(addr: SocketAddr, scenario: &str, duration: Duration) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let rate = match scenario {
+        "conn" => runtime.block_on(conn_rate(addr, 32, duration))?.per_second,
+        "ping-pong" => {
+            runtime
+                .block_on(ping_pong(addr, 64, 4096, duration))?
+                .mib_per_second
+        }
+        "streaming" => streaming_threads(addr, 16, 64 * 1024, duration)?.mib_per_second,
+        _ => bail!("unknown scenario {scenario:?}: conn, ping-pong or streaming"),
+    };
+    println!("{rate:.1}");
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! The two servers under test, each a child process: the Portico host with
-//! the echo plugin, and the native baseline.
+//! The echo servers under test, each a child process: the Portico host with
+//! the echo plugin, and the two baselines, native tokio and POCO.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,8 +12,13 @@ use anyhow::{Context, Result, bail};
 /// Which server a figure is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Portico,
     Native,
+    Poco,
+    Portico,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Native, Kind::Poco, Kind::Portico];
 }
 
 /// How to start each server.
@@ -21,6 +26,8 @@ pub enum Kind {
 pub struct Launch {
     pub host: PathBuf,
     pub plugin: PathBuf,
+    /// POCO's echo server, built from bench/poco/echo.cpp.
+    pub poco: PathBuf,
     /// Room for the 10,000-connection scenario, plus the load.
     pub max_connections: u32,
 }
@@ -119,41 +126,65 @@ fn time_to_listen(launch: &Launch, cache: &std::path::Path) -> Result<Duration> 
     Ok(took)
 }
 
+/// A command for `program`, through `taskset` if it is to run on core
+/// `cpu` only.
+pub fn command_on(program: &std::path::Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", &cpu.to_string()]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A running server, killed when dropped.
 pub struct Server {
-    child: Child,
+    pub child: Child,
     pub addr: SocketAddr,
 }
 
 impl Server {
-    pub fn start(kind: Kind, launch: &Launch) -> Result<Server> {
-        let mut command = match kind {
+    /// Starts `kind`, pinned to core `cpu` if one is given.
+    pub fn start(kind: Kind, launch: &Launch, cpu: Option<usize>) -> Result<Server> {
+        let program = match kind {
+            Kind::Native => std::env::current_exe()?,
+            Kind::Poco => launch.poco.clone(),
+            Kind::Portico => launch.host.clone(),
+        };
+        let mut command = command_on(&program, cpu);
+        match kind {
+            Kind::Native => {
+                command.arg("native-echo");
+            }
+            Kind::Poco => {}
             Kind::Portico => {
-                let mut command = Command::new(&launch.host);
                 command
                     .arg("--plugin")
                     .arg(&launch.plugin)
                     .args(["--max-connections", &launch.max_connections.to_string()])
                     .args(["--max-queued", "0"])
                     .env("PORTICO_LOG", "warn");
-                command
             }
-            Kind::Native => {
-                let mut command = Command::new(std::env::current_exe()?);
-                command.arg("native-echo");
-                command
-            }
-        };
+        }
+        command.args(["--listen", "127.0.0.1:0"]);
+        Server::spawn(command, &format!("the {kind:?} server"))
+    }
+
+    /// Runs `command`, a server that prints `listening on ADDR` first on
+    /// its stdout (its stderr is the benchmark's, unless set otherwise).
+    pub fn spawn(mut command: Command, what: &str) -> Result<Server> {
+        command.stdout(Stdio::piped());
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting the {kind:?} server"))?;
+            .with_context(|| format!("starting {what}"))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            bail!("{kind:?} server printed {line:?}");
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} printed {line:?}");
         };
         Ok(Server {
             addr: addr.parse()?,

@@ -19,12 +19,16 @@ fn a_short_round_runs_clean() {
     );
     let plugins = std::env::var_os("PORTICO_PLUGIN_DIR")
         .expect("PORTICO_PLUGIN_DIR is unset: run the tests with `cargo xtask test`");
+    let poco = std::env::var_os("PORTICO_POCO_ECHO")
+        .expect("PORTICO_POCO_ECHO is unset: run the tests with `cargo xtask test`");
 
     let output = Command::new(&bench)
         .arg("--host")
         .arg(&host)
         .arg("--plugin")
         .arg(PathBuf::from(plugins).join("echo.wasm"))
+        .arg("--poco")
+        .arg(poco)
         .args([
             "--rounds",
             "1",
@@ -34,6 +38,10 @@ fn a_short_round_runs_clean() {
             "200",
             "--redis-requests",
             "2000",
+            // Python's and JavaScript's echoes take seconds to compile;
+            // every language goes through the same code.
+            "--languages",
+            "rust,c",
         ])
         .output()
         .expect("cannot start portico-bench");
@@ -45,7 +53,10 @@ fn a_short_round_runs_clean() {
         String::from_utf8_lossy(&output.stderr)
     );
     for metric in [
-        "connection rate",
+        "| connection rate",
+        "POCO/native",
+        "load generator CPU",
+        "| c |",
         "ping-pong",
         "streaming",
         "RSS per idle connection",
@@ -58,4 +69,9 @@ fn a_short_round_runs_clean() {
             "no {metric:?} figure in:\n{stdout}"
         );
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cores < 2 || stdout.contains("server pinned to CPU 0"),
+        "no pinned run on {cores} cores in:\n{stdout}"
+    );
 }

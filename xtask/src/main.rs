@@ -33,14 +33,19 @@ fn main() -> ExitCode {
     };
     let result = match task {
         // `cargo xtask run -- FLAGS` works as well as `cargo xtask run FLAGS`.
-        // Running the host and the benchmark need the Rust plugins only, so
-        // they need no other language's toolchain.
+        // Running the host needs the Rust plugins only, so it needs no
+        // other language's toolchain; the benchmark measures every
+        // language's echo and POCO's.
         "run" => build_plugins(Languages::Rust)
             .and_then(|dir| run_host(&dir, rest.strip_prefix(&["--".to_string()]).unwrap_or(rest))),
         "test" => install_test_programs()
             .and_then(|()| build_plugins(Languages::All))
-            .and_then(|dir| run_tests(&dir, rest)),
-        "bench" => build_plugins(Languages::Rust).and_then(|dir| run_bench(&dir, rest)),
+            .and_then(|dir| Ok((dir, build_poco_echo()?)))
+            .and_then(|(dir, poco)| run_tests(&dir, &poco, rest)),
+        "bench" => install_test_programs()
+            .and_then(|()| build_plugins(Languages::All))
+            .and_then(|dir| Ok((dir, build_poco_echo()?)))
+            .and_then(|(dir, poco)| run_bench(&dir, &poco, rest)),
         "plugins" => {
             build_plugins(Languages::All).map(|dir| println!("plugins built in {}", dir.display()))
         }
@@ -602,15 +607,38 @@ fn run_host(plugin_dir: &Path, host_args: &[String]) -> Result<()> {
         .args(host_args))
 }
 
-fn run_tests(plugin_dir: &Path, test_args: &[String]) -> Result<()> {
+/// Builds the benchmark's POCO baseline, bench/poco/echo.cpp, with g++
+/// against Debian's libpoco-dev, and returns the program's path.
+fn build_poco_echo() -> Result<PathBuf> {
+    install_debian_packages(&["g++", "libpoco-dev"])?;
+    let root = workspace_root();
+    let source = root.join("bench/poco/echo.cpp");
+    let program = target_dir(&root).join("poco-echo");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified());
+    if let (Ok(built), Ok(written)) = (modified(&program), modified(&source))
+        && built > written
+    {
+        return Ok(program);
+    }
+    eprintln!("xtask: building {}", program.display());
+    run(Command::new("g++")
+        .args(["-O2", "-std=c++17", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .args(["-lPocoNet", "-lPocoFoundation"]))?;
+    Ok(program)
+}
+
+fn run_tests(plugin_dir: &Path, poco_echo: &Path, test_args: &[String]) -> Result<()> {
     run(Command::new(cargo())
         .current_dir(workspace_root())
         .env("PORTICO_PLUGIN_DIR", plugin_dir)
+        .env("PORTICO_POCO_ECHO", poco_echo)
         .args(["test", "--workspace"])
         .args(test_args))
 }
 
-fn run_bench(plugin_dir: &Path, bench_args: &[String]) -> Result<()> {
+fn run_bench(plugin_dir: &Path, poco_echo: &Path, bench_args: &[String]) -> Result<()> {
     let root = workspace_root();
     run(Command::new(cargo()).current_dir(&root).args([
         "build",
@@ -627,6 +655,8 @@ fn run_bench(plugin_dir: &Path, bench_args: &[String]) -> Result<()> {
         .arg(release.join("host"))
         .arg("--plugin")
         .arg(plugin_dir.join("echo.wasm"))
+        .arg("--poco")
+        .arg(poco_echo)
         .args(bench_args))
 }
 
