@@ -625,8 +625,9 @@ struct Arrival {
     local: Option<SocketAddr>,
     /// Whether `peer` and `local` came from a PROXY header.
     proxied: bool,
-    /// The TLS session, once the handshake is done.
-    tls: Option<rustls::ServerConnection>,
+    /// The TLS session, once the handshake is done (boxed, as in
+    /// [`Socket`]).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// Whether the service's filter admits the client; if not, counts it.
@@ -671,7 +672,7 @@ async fn front_door(version: &Version, mut arrival: Arrival) -> Option<Arrival> 
         match tls.accept(arrival.tcp).await {
             Ok((tcp, session)) => {
                 arrival.tcp = tcp;
-                arrival.tls = Some(session);
+                arrival.tls = Some(Box::new(session));
             }
             Err(error) => {
                 count(&counters.tls_handshake_failures);
@@ -898,7 +899,9 @@ async fn close(socket: &Socket) {
         return;
     }
     let discard = async {
-        let mut sink = [0; 4096];
+        // On the heap: in the future, 4 KiB would be part of every
+        // connection's task for its whole life.
+        let mut sink = vec![0; 4096];
         loop {
             if tcp.readable().await.is_err() {
                 return;
