@@ -8,6 +8,7 @@
 //! Run it with `cargo xtask bench`; BENCHMARKS.md holds the latest results.
 
 mod capabilities;
+mod capacity;
 mod echo;
 mod inproc;
 mod load;
@@ -58,6 +59,10 @@ struct Args {
     /// Idle connections held open for the memory figures.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// Most connections the capacity scenario opens (it stops at the
+    /// host's ceiling, or where the load generator runs out of files).
+    #[arg(long, default_value_t = 1_000_000)]
+    capacity_connections: usize,
     /// Requests per redis-benchmark test, against the redis-kv and
     /// tcp-proxy plugins and a real redis-server.
     #[arg(long, default_value_t = 100_000)]
@@ -125,7 +130,7 @@ fn main() -> Result<()> {
         }) => return tls::client(*addr, mode, *seconds),
         None => {}
     }
-    rlimit::increase_nofile_limit(args.idle_connections as u64 * 2 + 1024)?;
+    let files = rlimit::increase_nofile_limit(u64::MAX)?;
     let plugin_dir = args.plugin.parent().unwrap_or(std::path::Path::new("."));
     if args.tls_only {
         let (portico, native) = tls::measure(&args.host, plugin_dir, args.rounds, args.seconds)?;
@@ -144,6 +149,12 @@ fn main() -> Result<()> {
     let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
     let startup = server::startup_times(&launch)?;
     let runtimes = runtimes::measure(&args.host, plugin_dir, &args.languages, duration)?;
+    let client_files = usize::try_from(files.saturating_sub(1024)).unwrap_or(usize::MAX);
+    let held = runtime.block_on(capacity::measure(
+        &args.host,
+        &args.plugin,
+        args.capacity_connections.min(client_files),
+    ))?;
 
     println!(
         "portico-bench: {} rounds, {} s per scenario, {} idle connections",
@@ -152,6 +163,7 @@ fn main() -> Result<()> {
     echo::report(&echo, args.rounds, args.seconds, args.idle_connections);
     report_startup(&inproc, startup);
     runtimes::report(&runtimes, args.seconds);
+    capacity::report(&held);
     let redis = capabilities::measure(&args.host, plugin_dir, args.redis_requests)?;
     capabilities::report(&redis, args.redis_requests);
     let (portico_tls, native_tls) =

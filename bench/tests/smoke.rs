@@ -42,6 +42,8 @@ fn a_short_round_runs_clean() {
             // every language goes through the same code.
             "--languages",
             "rust,c",
+            "--capacity-connections",
+            "300",
         ])
         .output()
         .expect("cannot start portico-bench");
@@ -57,6 +59,7 @@ fn a_short_round_runs_clean() {
         "POCO/native",
         "load generator CPU",
         "| c |",
+        "live connections held",
         "ping-pong",
         "streaming",
         "RSS per idle connection",

@@ -76,6 +76,13 @@ impl Version {
         buckets: Granted,
     ) -> Result<Version> {
         let limits = &spec.limits;
+        // The pool holds no more slots than the process can serve: past the
+        // ceiling, slots would only take address space and mappings.
+        let max_connections = host.ceiling.min(limits.max_connections).max(1);
+        let pooled = sandbox::Limits {
+            max_connections,
+            ..limits.clone()
+        };
         let shared = previous.filter(|previous| {
             let old = &previous.spec.limits;
             old.max_connections == limits.max_connections && old.memory_bytes == limits.memory_bytes
@@ -83,7 +90,7 @@ impl Version {
         let engine = match shared {
             Some(previous) => previous.sandbox.plugin.engine().clone(),
             None => {
-                let engine = sandbox::engine(limits)?;
+                let engine = sandbox::engine(&pooled)?;
                 host.ticker.add(&engine);
                 engine
             }
@@ -140,11 +147,10 @@ impl Version {
                 previous.reclaimer.clone(),
             ),
             None => {
-                let max_connections = host.ceiling.min(limits.max_connections).max(1);
                 let places = Arc::new(Semaphore::new(max_connections as usize));
                 let handshakes = Arc::new(Semaphore::new(max_connections as usize));
                 let reclaimer = Arc::new(
-                    Reclaimer::new(&engine, sandbox::memory_slots(limits))
+                    Reclaimer::new(&engine, sandbox::memory_slots(&pooled))
                         .map_err(anyhow::Error::from)
                         .context("cannot set up memory reclaiming")?,
                 );
