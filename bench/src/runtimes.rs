@@ -40,6 +40,7 @@ pub struct Runtime {
     accept_to_run_p50_us: f64,
     accept_to_run_p99_us: f64,
     live_kib: f64,
+    live_private_kib: f64,
 }
 
 /// Measures the echo of each of `languages` (names from [`ECHOES`]).
@@ -102,12 +103,14 @@ async fn measure_one(
     let connections = fresh.latencies.len().max(1) as f64;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.rss_kib()?;
+    let (before, private_before) = (server.rss_kib()?, server.private_kib()?);
     lock(&startups).clear();
     let live = load::open_idle(server.addr, LIVE)
         .await
         .context("live connections")?;
     let live_kib = server.rss_kib()?.saturating_sub(before) as f64 / LIVE as f64;
+    let live_private_kib =
+        server.private_kib()?.saturating_sub(private_before) as f64 / LIVE as f64;
     let mut accept_to_run = std::mem::take(&mut *lock(&startups));
     drop(live);
     if accept_to_run.len() < LIVE {
@@ -127,6 +130,7 @@ async fn measure_one(
         accept_to_run_p50_us: quantile(0.5),
         accept_to_run_p99_us: quantile(0.99),
         live_kib,
+        live_private_kib,
     })
 }
 
@@ -184,16 +188,20 @@ fn start(
 
 /// Prints a row per language, with the ratio to the Rust echo's connection
 /// rate and the targets the performance issue sets for Python and
-/// JavaScript.
+/// JavaScript. Memory per connection is given twice: RSS counts every page
+/// of the plugin's memory image that an instance has touched, although all
+/// instances share the same pages until they write them; private memory is
+/// what each connection costs the machine. The target is checked on the
+/// latter.
 pub fn report(runtimes: &[Runtime], seconds: u64) {
     println!();
     println!(
         "Plugin runtimes (echo; server pinned where the machine allows; {seconds} s of 32 clients, then {LIVE} live connections)"
     );
     println!(
-        "| plugin | .wasm, KiB | host RSS at start, MiB | conn/s | of Rust's | server CPU per conn, us | accept-to-run p50, us | p99, us | RSS per live conn, KiB | targets (Python, JavaScript) |"
+        "| plugin | .wasm, KiB | host RSS at start, MiB | conn/s | of Rust's | server CPU per conn, us | accept-to-run p50, us | p99, us | RSS per live conn, KiB | private memory per live conn, KiB | targets (Python, JavaScript) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let rust = runtimes.iter().find(|r| r.language == "rust");
     for r in runtimes {
         let of_rust = rust.map_or("-".into(), |rust| {
@@ -203,7 +211,7 @@ pub fn report(runtimes: &[Runtime], seconds: u64) {
             ("python" | "javascript", Some(rust)) => {
                 let misses: Vec<&str> = [
                     (r.accept_to_run_p50_us <= 150.0, "accept-to-run <= 150 us"),
-                    (r.live_kib <= 512.0, "<= 512 KiB per conn"),
+                    (r.live_private_kib <= 512.0, "<= 512 KiB per conn"),
                     (
                         r.start_rss_mib - rust.start_rss_mib <= 64.0,
                         "start <= Rust's + 64 MB",
@@ -221,7 +229,7 @@ pub fn report(runtimes: &[Runtime], seconds: u64) {
             _ => String::new(),
         };
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {of_rust} | {:.1} | {:.0} | {:.0} | {:.1} | {targets} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {of_rust} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {targets} |",
             r.language,
             r.wasm_kib,
             r.start_rss_mib,
@@ -230,6 +238,7 @@ pub fn report(runtimes: &[Runtime], seconds: u64) {
             r.accept_to_run_p50_us,
             r.accept_to_run_p99_us,
             r.live_kib,
+            r.live_private_kib,
         );
     }
 }
