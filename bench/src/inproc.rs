@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use portico_host::bindings::ConnectionInfo;
 use portico_host::counters::Counters;
-use portico_host::plugin::Plugin;
+use portico_host::plugin::{MemoryInit, Plugin};
 use portico_host::sandbox::{self, EpochTicker, Limits, Outcome, Sandbox};
 use portico_host::socket::Socket;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         max_queued: 0,
         ..portico_host::config::default_limits()
     };
-    let engine = sandbox::engine(&limits)?;
+    let engine = sandbox::engine(&limits, MemoryInit::of(plugin_path))?;
     let ticker = EpochTicker::start()?;
     ticker.add(&engine);
     let plugin = Plugin::load(&engine, plugin_path, &Default::default(), None)?;

@@ -77,6 +77,51 @@ pub(crate) enum Instance {
 /// The name of the setting whose words are a command's arguments.
 pub const ARGS_SETTING: &str = "args";
 
+/// How a connection's linear memory gets the plugin's initial data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryInit {
+    /// Copied from the data segments at every instantiation: for a small
+    /// image, cheaper than mapping it, and the memory stays one mapping
+    /// (two per connection rather than four; see `MAPPINGS_PER_CONNECTION`
+    /// in the server).
+    Copy,
+    /// Mapped copy-on-write from one image that every instance shares: a
+    /// Python or JavaScript plugin starts with megabytes of data, which
+    /// copying would cost every connection.
+    Map,
+}
+
+/// Largest initial data a plugin's memory is given by copying.
+const LARGEST_COPIED_DATA: u64 = 256 * 1024;
+
+impl MemoryInit {
+    /// Picks by the size of the data segments of the plugin at `path`. A
+    /// file that cannot be read or parsed gets [`MemoryInit::Map`]; loading
+    /// it reports what is wrong.
+    pub fn of(path: &Path) -> MemoryInit {
+        let Ok(bytes) = std::fs::read(path) else {
+            return MemoryInit::Map;
+        };
+        match data_segment_bytes(&bytes) {
+            Ok(total) if total <= LARGEST_COPIED_DATA => MemoryInit::Copy,
+            _ => MemoryInit::Map,
+        }
+    }
+}
+
+/// Bytes of data segments in `wasm`, nested modules included.
+fn data_segment_bytes(wasm: &[u8]) -> wasmparser::Result<u64> {
+    let mut total = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::DataSection(segments) = payload? {
+            for segment in segments {
+                total += segment?.data.len() as u64;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// The first bytes of any WebAssembly binary.
 const WASM_MAGIC: &[u8] = b"\0asm";
 /// The version field that follows the magic in a core module; components

@@ -41,7 +41,7 @@ use crate::counters::{Counters, count};
 use crate::keyvalue::Granted;
 use crate::messaging::{self, ConnMessaging};
 use crate::outbound::{ConnOutbound, Policy};
-use crate::plugin::{Instance, Plugin};
+use crate::plugin::{Instance, MemoryInit, Plugin};
 use crate::socket::{SharedOutput, Socket, SocketInput, SocketOutput, SocketStdio};
 use crate::stdio::{PluginLog, Stream};
 use crate::untrusted::Untrusted;
@@ -116,8 +116,9 @@ pub struct Limits {
 }
 
 /// Builds the engine shared by every connection: a pooling allocator sized
-/// for `limits`, copy-on-write memory images and epoch interruption.
-pub fn engine(limits: &Limits) -> Result<Engine> {
+/// for `limits`, memories initialised as `init` says, and epoch
+/// interruption.
+pub fn engine(limits: &Limits, init: MemoryInit) -> Result<Engine> {
     let n = limits.max_connections;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
@@ -144,7 +145,7 @@ pub fn engine(limits: &Limits) -> Result<Engine> {
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .memory_init_cow(true)
+        .memory_init_cow(init == MemoryInit::Map)
         .epoch_interruption(true)
         // A fiber stack is only decommitted when freed if zeroing is on;
         // without it every stack ever used stays resident.

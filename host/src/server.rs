@@ -40,6 +40,7 @@ use crate::config::{self, Config};
 use crate::counters::{Counters, count};
 use crate::keyvalue::Bucket;
 use crate::messaging::Broker;
+use crate::plugin::MemoryInit;
 use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
 use crate::service::{HostParts, Version};
 use crate::signals;
@@ -440,13 +441,18 @@ fn one_line(error: &anyhow::Error) -> String {
         .join(" ")
 }
 
-/// Memory mappings one connection costs: about 2 for its slot in the
-/// instance pool, which exists from the start, and 4 more while it is live
-/// (measured with the echo plugin by `portico-bench`: its memory's
-/// copy-on-write image splits the memory slot, and its fiber stack and
-/// tables add a few more). The capacity is worked out before the pools
-/// exist, so both count.
-const MAPPINGS_PER_CONNECTION: u64 = 6;
+/// Memory mappings one connection costs: 2 for its fiber stack and the
+/// stack's guard page, which exist from the start, and 2 more while it is
+/// live (its memory, accessible and reserved), or 4 if its memory maps a
+/// copy-on-write image, which splits the memory's mapping in three
+/// (measured with the echo plugins by `portico-bench`). The capacity is
+/// worked out before the pools exist, so both count.
+fn mappings_per_connection(init: MemoryInit) -> u64 {
+    match init {
+        MemoryInit::Copy => 4,
+        MemoryInit::Map => 6,
+    }
+}
 /// Mappings and files kept free for everything else the process does.
 const HEADROOM: u64 = 1024;
 
@@ -496,8 +502,14 @@ impl Capacity {
             .and_then(|text| text.trim().parse::<u64>().ok());
         let mapped = std::fs::read_to_string("/proc/self/maps")
             .map_or(0, |maps| maps.lines().count() as u64);
+        // The costliest plugin's figure, for every connection.
+        let per_connection = services
+            .iter()
+            .map(|service| mappings_per_connection(MemoryInit::of(&service.plugin)))
+            .max()
+            .unwrap_or(mappings_per_connection(MemoryInit::Map));
         let by_mappings = max_map_count.map_or(u64::MAX, |max| {
-            max.saturating_sub(mapped + HEADROOM) / MAPPINGS_PER_CONNECTION
+            max.saturating_sub(mapped + HEADROOM) / per_connection
         });
         Capacity {
             connections: by_files.min(by_mappings).max(1),

@@ -19,7 +19,7 @@ use crate::counters::Counters;
 use crate::keyvalue::Granted;
 use crate::messaging::{self, Broker};
 use crate::outbound::Policy;
-use crate::plugin::Plugin;
+use crate::plugin::{MemoryInit, Plugin};
 use crate::reclaim::Reclaimer;
 use crate::sandbox::{self, EpochTicker, Sandbox};
 use crate::tls::Tls;
@@ -47,6 +47,8 @@ pub struct Version {
     pub handshakes: Arc<Semaphore>,
     /// When a refused connection was last warned of.
     pub last_refusal_warning: std::sync::Mutex<Option<std::time::Instant>>,
+    /// How its engine initialises memories, chosen for its plugin.
+    pub memory_init: MemoryInit,
 }
 
 /// What every version gets from the host.
@@ -83,14 +85,17 @@ impl Version {
             max_connections,
             ..limits.clone()
         };
+        let memory_init = MemoryInit::of(&spec.plugin);
         let shared = previous.filter(|previous| {
             let old = &previous.spec.limits;
-            old.max_connections == limits.max_connections && old.memory_bytes == limits.memory_bytes
+            old.max_connections == limits.max_connections
+                && old.memory_bytes == limits.memory_bytes
+                && previous.memory_init == memory_init
         });
         let engine = match shared {
             Some(previous) => previous.sandbox.plugin.engine().clone(),
             None => {
-                let engine = sandbox::engine(&pooled)?;
+                let engine = sandbox::engine(&pooled, memory_init)?;
                 host.ticker.add(&engine);
                 engine
             }
@@ -168,6 +173,7 @@ impl Version {
             tls,
             handshakes,
             last_refusal_warning: std::sync::Mutex::new(None),
+            memory_init,
         })
     }
 
