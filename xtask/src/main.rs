@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | plugins>"
+                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | bench [BENCH FLAGS...] | plugins>"
             );
             return ExitCode::from(2);
         }
