@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::process::Output;
 
+use std::io::{Read, Write};
+
 use crate::util::{Host, host_command, plugin};
 
 /// Runs the host with `args` and expects it to refuse to start: exit
@@ -336,4 +338,35 @@ fn corrupted_plugin_corpus() {
     }
     println!("corrupted plugins: {refused} refused, {listened} still valid");
     assert!(refused >= 20, "most corruptions are refused ({refused})");
+}
+
+/// Each live connection costs the memory mappings the host's ceiling
+/// counts: 2 when the plugin's little data is copied into its memory, more
+/// when a large image (the Go echo's 900 KB) is mapped into it. And an
+/// oversized `--max-connections` is served from a pool no larger than the
+/// ceiling, rather than failing to reserve one.
+#[test]
+fn live_connections_cost_the_mappings_the_ceiling_counts() {
+    const HELD: usize = 50;
+    for (name, least, most) in [("echo", 1.8, 2.2), ("go-echo", 2.5, 4.2)] {
+        let host = Host::start(name, &["--max-connections", "1000000"]);
+        let before = host.mappings();
+        let held: Vec<_> = (0..HELD)
+            .map(|_| {
+                let mut stream = host.connect();
+                stream.write_all(b"x").unwrap();
+                let mut back = [0; 1];
+                stream.read_exact(&mut back).unwrap();
+                assert_eq!(&back, b"x", "{name} echoed");
+                stream
+            })
+            .collect();
+        let per_connection = (host.mappings() - before) as f64 / HELD as f64;
+        assert!(
+            (least..=most).contains(&per_connection),
+            "{name}: {per_connection} mappings per live connection, not {least} to {most}"
+        );
+        host.wait_for_log(&["does not fit, serving at most"]);
+        drop(held);
+    }
 }

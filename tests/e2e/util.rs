@@ -295,6 +295,14 @@ impl Host {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// How many memory mappings the host holds.
+    pub fn mappings(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
     /// CPU time the host has used so far, user and system together.
     pub fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
