@@ -82,8 +82,8 @@ pub const ARGS_SETTING: &str = "args";
 pub enum MemoryInit {
     /// Copied from the data segments at every instantiation: for a small
     /// image, cheaper than mapping it, and the memory stays one mapping
-    /// (two per connection rather than four; see `MAPPINGS_PER_CONNECTION`
-    /// in the server).
+    /// (two per live connection rather than four; see the server's
+    /// capacity).
     Copy,
     /// Mapped copy-on-write from one image that every instance shares: a
     /// Python or JavaScript plugin starts with megabytes of data, which
