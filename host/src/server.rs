@@ -456,9 +456,17 @@ fn mappings_per_connection(init: MemoryInit) -> u64 {
 /// Mappings and files kept free for everything else the process does.
 const HEADROOM: u64 = 1024;
 
+/// Address space one pool slot reserves: wasmtime's 4 GiB for the memory,
+/// so that plugin code needs no bounds checks, its 32 MiB guard, and the
+/// slot's fiber stack and tables, rounded up.
+const ADDRESS_SPACE_PER_CONNECTION: u64 = (4 << 30) + (64 << 20);
+/// A process's user address space (47 bits on x86-64, and on aarch64 with
+/// 4 KiB pages), less an eighth for everything else.
+const ADDRESS_SPACE: u64 = (1 << 47) - (1 << 44);
+
 /// How many connections this process can hold: the open-file limit (raised
-/// as far as the hard limit allows) and the kernel's cap on memory mappings
-/// (`vm.max_map_count`) both bound it. Each service admits at most this
+/// as far as the hard limit allows), the kernel's cap on memory mappings
+/// (`vm.max_map_count`) and the address space the pool reserves bound it. Each service admits at most this
 /// many, so that the host refuses connections at the ceiling instead of
 /// failing to instantiate them.
 struct Capacity {
@@ -470,6 +478,7 @@ struct Capacity {
     max_map_count: Option<u64>,
     mapped: u64,
     by_mappings: u64,
+    by_address: u64,
 }
 
 impl Capacity {
@@ -511,14 +520,16 @@ impl Capacity {
         let by_mappings = max_map_count.map_or(u64::MAX, |max| {
             max.saturating_sub(mapped + HEADROOM) / per_connection
         });
+        let by_address = ADDRESS_SPACE / ADDRESS_SPACE_PER_CONNECTION;
         Capacity {
-            connections: by_files.min(by_mappings).max(1),
+            connections: by_files.min(by_mappings).min(by_address).max(1),
             wanted,
             files,
             by_files,
             max_map_count,
             mapped,
             by_mappings,
+            by_address,
         }
     }
 
@@ -531,7 +542,13 @@ impl Capacity {
             "connections this process can hold"
         );
         if capacity < self.wanted {
-            let binding = if self.by_mappings < self.by_files {
+            let binding = if self.by_address < self.by_files.min(self.by_mappings) {
+                format!(
+                    "each connection reserves 4 GiB of address space, and the process has room \
+                     for {}: run more host processes",
+                    self.by_address
+                )
+            } else if self.by_mappings < self.by_files {
                 format!(
                     "{} memory mappings in use of vm.max_map_count {}: raise it with \
                      `sysctl -w vm.max_map_count=N`",
