@@ -26,30 +26,19 @@ pub type Figures = BTreeMap<String, f64>;
 /// Every round's figures, by layout and server.
 #[derive(Default)]
 pub struct Results {
-    rounds: BTreeMap<(String, &'static str), Vec<Figures>>,
+    rounds: BTreeMap<(Layout, Kind), Vec<Figures>>,
 }
 
 impl Results {
     fn push(&mut self, layout: Layout, kind: Kind, figures: Figures) {
-        self.rounds
-            .entry((layout.name(), kind_name(kind)))
-            .or_default()
-            .push(figures);
+        self.rounds.entry((layout, kind)).or_default().push(figures);
     }
 
     fn median(&self, layout: Layout, kind: Kind, key: &str) -> Option<f64> {
-        let rounds = self.rounds.get(&(layout.name(), kind_name(kind)))?;
+        let rounds = self.rounds.get(&(layout, kind))?;
         let mut values: Vec<f64> = rounds.iter().filter_map(|f| f.get(key).copied()).collect();
         values.sort_by(f64::total_cmp);
         values.get(values.len() / 2).copied()
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Native => "native",
-        Kind::Poco => "POCO",
-        Kind::Portico => "Portico",
     }
 }
 

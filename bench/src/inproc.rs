@@ -29,10 +29,11 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         max_queued: 0,
         ..portico_host::config::default_limits()
     };
-    let engine = sandbox::engine(&limits, MemoryInit::of(plugin_path))?;
+    let bytes = Plugin::read(plugin_path)?;
+    let engine = sandbox::engine(&limits, MemoryInit::of(&bytes))?;
     let ticker = EpochTicker::start()?;
     ticker.add(&engine);
-    let plugin = Plugin::load(&engine, plugin_path, &Default::default(), None)?;
+    let plugin = Plugin::load(&engine, plugin_path, &bytes, &Default::default(), None)?;
     let sandbox = Sandbox {
         service: "echo".into(),
         plugin,

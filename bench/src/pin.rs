@@ -6,7 +6,7 @@
 use std::io;
 
 /// A placement of server and client on the machine's cores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Layout {
     /// Everything shares every core, as the scheduler likes.
     Shared,

@@ -95,14 +95,11 @@ pub enum MemoryInit {
 const LARGEST_COPIED_DATA: u64 = 256 * 1024;
 
 impl MemoryInit {
-    /// Picks by the size of the data segments of the plugin at `path`. A
-    /// file that cannot be read or parsed gets [`MemoryInit::Map`]; loading
-    /// it reports what is wrong.
-    pub fn of(path: &Path) -> MemoryInit {
-        let Ok(bytes) = std::fs::read(path) else {
-            return MemoryInit::Map;
-        };
-        match data_segment_bytes(&bytes) {
+    /// Picks by the size of the plugin's data segments. A plugin that
+    /// cannot be parsed gets [`MemoryInit::Map`]; loading it reports what
+    /// is wrong.
+    pub fn of(wasm: &[u8]) -> MemoryInit {
+        match data_segment_bytes(wasm) {
             Ok(total) if total <= LARGEST_COPIED_DATA => MemoryInit::Copy,
             _ => MemoryInit::Map,
         }
@@ -129,17 +126,22 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 const CORE_MODULE_VERSION: &[u8] = &[1, 0, 0, 0];
 
 impl Plugin {
-    /// Loads the plugin at `path`, with `config` as its settings; the
-    /// compiled code comes from `cache` when it holds it, and goes there
-    /// when not.
+    /// Reads the plugin file at `path`.
+    pub fn read(path: &Path) -> Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))
+    }
+
+    /// Loads the plugin `bytes`, read from `path`, with `config` as its
+    /// settings; the compiled code comes from `cache` when it holds it, and
+    /// goes there when not.
     pub fn load(
         engine: &Engine,
         path: &Path,
+        bytes: &[u8],
         settings: &BTreeMap<String, String>,
         cache: Option<&Cache>,
     ) -> Result<Self> {
         let name = path.display();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin {name}"))?;
         if !bytes.starts_with(WASM_MAGIC) {
             bail!("plugin {name} is not a WebAssembly file");
         }
@@ -156,16 +158,16 @@ impl Plugin {
         // The SHA-256 is for operators only (logs, metrics); the cache is
         // keyed by a faster hash, so it is computed beside the loading.
         let (digest, loaded) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| crate::cache::digest(&bytes));
+            let digest = scope.spawn(|| crate::cache::digest(bytes));
             let loaded = match cache {
                 Some(cache) => {
-                    let key = Key::of(engine, &bytes);
+                    let key = Key::of(engine, bytes);
                     match cache.load(engine, &key) {
                         Some(component) => Ok((component, true)),
-                        None => cache.compile(engine, &bytes, &key).map(|c| (c, false)),
+                        None => cache.compile(engine, bytes, &key).map(|c| (c, false)),
                     }
                 }
-                None => Component::new(engine, &bytes).map(|c| (c, false)),
+                None => Component::new(engine, bytes).map(|c| (c, false)),
             };
             (digest.join(), loaded)
         });

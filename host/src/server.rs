@@ -511,10 +511,14 @@ impl Capacity {
             .and_then(|text| text.trim().parse::<u64>().ok());
         let mapped = std::fs::read_to_string("/proc/self/maps")
             .map_or(0, |maps| maps.lines().count() as u64);
-        // The costliest plugin's figure, for every connection.
+        // The costliest plugin's figure, for every connection. (A plugin
+        // that cannot be read is counted as costly; loading it says why.)
         let per_connection = services
             .iter()
-            .map(|service| mappings_per_connection(MemoryInit::of(&service.plugin)))
+            .map(|service| {
+                let bytes = std::fs::read(&service.plugin).unwrap_or_default();
+                mappings_per_connection(MemoryInit::of(&bytes))
+            })
             .max()
             .unwrap_or(mappings_per_connection(MemoryInit::Map));
         let by_mappings = max_map_count.map_or(u64::MAX, |max| {

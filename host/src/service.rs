@@ -85,7 +85,14 @@ impl Version {
             max_connections,
             ..limits.clone()
         };
-        let memory_init = MemoryInit::of(&spec.plugin);
+        let loading = std::time::Instant::now();
+        let bytes = {
+            let path = spec.plugin.clone();
+            tokio::task::spawn_blocking(move || Plugin::read(&path))
+                .await
+                .context("the reading thread failed")??
+        };
+        let memory_init = MemoryInit::of(&bytes);
         let shared = previous.filter(|previous| {
             let old = &previous.spec.limits;
             old.max_connections == limits.max_connections
@@ -105,13 +112,12 @@ impl Version {
             Some(tls) => Some(Arc::new(Tls::load(tls).context("TLS")?)),
             None => None,
         };
-        let loading = std::time::Instant::now();
         let plugin = {
             let (engine, path, cache) = (engine.clone(), spec.plugin.clone(), host.cache.clone());
             let settings = spec.settings.clone();
             // Compiling takes seconds for a large plugin: off the workers.
             tokio::task::spawn_blocking(move || {
-                Plugin::load(&engine, &path, &settings, cache.as_deref())
+                Plugin::load(&engine, &path, &bytes, &settings, cache.as_deref())
             })
             .await
             .context("the compiler thread failed")??
