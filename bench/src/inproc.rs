@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use portico_host::bindings::ConnectionInfo;
-use portico_host::counters::Counters;
-use portico_host::plugin::{MemoryInit, Plugin};
-use portico_host::sandbox::{self, EpochTicker, Limits, Outcome, Sandbox};
-use portico_host::socket::Socket;
+use portico_host::config::Limits;
+use portico_host::net::socket::Socket;
+use portico_host::ops::counters::Counters;
+use portico_host::sandbox::bindings::ConnectionInfo;
+use portico_host::sandbox::plugin::{MemoryInit, Plugin};
+use portico_host::sandbox::{self, EpochTicker, Outcome, Sandbox};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 

@@ -11,14 +11,14 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use ipnet::IpNet;
 
+use crate::capabilities::keyvalue::{self, BackendSpec, BucketSpec};
+use crate::capabilities::messaging::Pattern;
+use crate::capabilities::outbound::Rule;
+use crate::config::Limits;
 use crate::config::{self, Config, LogFormat, PeerFilter};
-use crate::keyvalue::{self, BackendSpec, BucketSpec};
-use crate::messaging::Pattern;
-use crate::outbound::Rule;
-use crate::proxy_protocol::{self, ProxySpec};
-use crate::sandbox::Limits;
+use crate::net::proxy_protocol::{self, ProxySpec};
+use crate::net::tls::{CertificateFiles, TlsSpec};
 use crate::server::Source;
-use crate::tls::{CertificateFiles, TlsSpec};
 
 /// Serve TCP connections with WebAssembly plugins: each connection gets a
 /// fresh, sandboxed instance of its service's plugin component.

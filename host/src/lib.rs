@@ -40,28 +40,13 @@
 //! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`, and
 //!   the earlier versions of imports still answered.
 
-pub mod admin;
-pub mod bindings;
-pub mod cache;
+pub mod capabilities;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod connects;
-pub mod counters;
-pub mod keyvalue;
-pub mod messaging;
-pub mod outbound;
-pub mod plugin;
-pub mod proxy_protocol;
-pub mod reclaim;
+pub mod net;
+pub mod ops;
 pub mod sandbox;
 pub mod server;
-pub mod service;
-pub mod signals;
-pub mod socket;
-pub mod stdio;
-pub mod tls;
-pub mod untrusted;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

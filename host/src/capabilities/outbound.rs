@@ -6,7 +6,7 @@
 //! is allowed unless the operator listed it in the service's
 //! `grants.outbound`. wasmtime-wasi asks [`ConnOutbound::allows`] before
 //! every connect; the rest (socket creation, name lookups, bind and listen)
-//! is guarded by the host functions that [`crate::plugin`] puts in front of
+//! is guarded by the host functions that [`crate::sandbox::plugin`] puts in front of
 //! wasmtime-wasi's own.
 //!
 //! Names are resolved by the host, and only names a rule lists may be
@@ -26,8 +26,8 @@ use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-use crate::counters::{Counters, count};
-use crate::untrusted::Untrusted;
+use crate::ops::counters::{Counters, count};
+use crate::ops::untrusted::Untrusted;
 
 /// Name lookups one connection may make; each may send DNS queries.
 const MAX_LOOKUPS: u32 = 16;
@@ -297,56 +297,56 @@ impl ConnOutbound {
         }
         let (service, conn) = (&*self.service, self.conn);
         match why {
-            Denied::NotGranted => tracing::warn!(
+            Denied::NotGranted => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "outbound TCP denied: the service has no outbound grant"
             ),
-            Denied::Connect(address) => tracing::warn!(
+            Denied::Connect(address) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 %address,
                 "outbound connect denied: the address is not in the service's grant"
             ),
-            Denied::Lookup(name) => tracing::warn!(
+            Denied::Lookup(name) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 name = %Untrusted(name),
                 "name lookup denied: the name is not in the service's grant"
             ),
-            Denied::TooManyLookups => tracing::warn!(
+            Denied::TooManyLookups => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "name lookup denied: the connection made {MAX_LOOKUPS} already"
             ),
-            Denied::SocketLimit(limit) => tracing::warn!(
+            Denied::SocketLimit(limit) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "outbound socket denied: the connection opened {limit} already"
             ),
-            Denied::Bucket(name) => tracing::warn!(
+            Denied::Bucket(name) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 bucket = %Untrusted(name),
                 "key-value bucket denied: not in the service's grant"
             ),
             Denied::Limit(Capability::KeyValue, problem) => {
-                tracing::warn!(service, conn, "key-value limit reached: {problem}")
+                tracing::warn!(target: "portico_host::outbound", service, conn, "key-value limit reached: {problem}")
             }
             Denied::Limit(Capability::Messaging, problem) => {
-                tracing::warn!(service, conn, "messaging limit reached: {problem}")
+                tracing::warn!(target: "portico_host::outbound", service, conn, "messaging limit reached: {problem}")
             }
-            Denied::Listen(what) => tracing::warn!(
+            Denied::Listen(what) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "outbound {what} denied: plugins may not accept connections of their own"
             ),
-            Denied::ConnectTimeout => tracing::warn!(
+            Denied::ConnectTimeout => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "outbound connect timed out: no answer within the connect timeout"
             ),
-            Denied::ServiceSocketLimit(limit) => tracing::warn!(
+            Denied::ServiceSocketLimit(limit) => tracing::warn!(target: "portico_host::outbound",
                 service,
                 conn,
                 "outbound socket denied: the service's connections hold {limit} already"
@@ -468,7 +468,7 @@ impl ConnOutbound {
             }
             // Before an unbound socket connects, wasmtime-wasi checks the
             // implicit bind to an ephemeral port; explicit binds never get
-            // here (see `crate::plugin`).
+            // here (see `crate::sandbox::plugin`).
             SocketAddrUse::TcpBind => {
                 addr.port() == 0
                     && (addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED)

@@ -85,7 +85,7 @@ impl Cache {
             // either: the compiler says so, once.
             Err(error) if crate::sandbox::pool_hint(&format!("{error:#}")).is_some() => None,
             Err(error) => {
-                tracing::warn!(entry = %path.display(), "compile cache entry refused, compiling again: {error}");
+                tracing::warn!(target: "portico_host::cache", entry = %path.display(), "compile cache entry refused, compiling again: {error}");
                 None
             }
         }
@@ -96,7 +96,7 @@ impl Cache {
     pub fn compile(&self, engine: &Engine, wasm: &[u8], key: &Key) -> wasmtime::Result<Component> {
         let compiled = engine.precompile_component(wasm)?;
         if let Err(error) = self.store(key, &compiled) {
-            tracing::warn!(dir = %self.dir.display(), "cannot write the compile cache: {error}");
+            tracing::warn!(target: "portico_host::cache", dir = %self.dir.display(), "cannot write the compile cache: {error}");
         }
         // SAFETY: these bytes come straight from `precompile_component` on
         // this engine, in this process.

@@ -5,7 +5,7 @@
 //! client that fails or abandons one costs no instance: it is closed,
 //! logged at debug level and counted. The plugin then reads and writes
 //! plaintext through the same streams as on a plain listener
-//! ([`crate::socket`]).
+//! ([`crate::net::socket`]).
 //!
 //! A service may have several certificates: the one whose names cover the
 //! name the client asked for (SNI) is used, else the first. Optionally,

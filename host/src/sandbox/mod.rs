@@ -5,15 +5,21 @@
 //! What a plugin is granted is decided here, and it is deny-by-default:
 //! - no preopened directories, so no files;
 //! - no sockets of its own: UDP never, TCP connects and name lookups only
-//!   where the service's `grants.outbound` lists ([`crate::outbound`]);
+//!   where the service's `grants.outbound` lists ([`crate::capabilities::outbound`]);
 //! - no environment variables, no arguments, stdin closed;
-//! - stdout and stderr go to the host's log ([`crate::stdio`]);
+//! - stdout and stderr go to the host's log ([`crate::sandbox::stdio`]);
 //! - settings only through `wasi:config/store`.
 //!
 //! And what it may use is bounded: linear memory (`memory.grow` fails past
 //! the limit), CPU (it yields its thread every [`YIELD_INTERVAL`], and is
 //! stopped once it has run for its budget), idle time, lifetime, and the
 //! resources it may hold.
+
+pub mod bindings;
+pub mod cache;
+pub mod plugin;
+pub mod reclaim;
+pub mod stdio;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,16 +41,17 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
-use crate::bindings::ConnectionInfo;
-use crate::connects::Connects;
-use crate::counters::{Counters, count};
-use crate::keyvalue::Granted;
-use crate::messaging::{self, ConnMessaging};
-use crate::outbound::{ConnOutbound, Policy};
-use crate::plugin::{Instance, MemoryInit, Plugin};
-use crate::socket::{SharedOutput, Socket, SocketInput, SocketOutput, SocketStdio};
-use crate::stdio::{PluginLog, Stream};
-use crate::untrusted::Untrusted;
+use crate::capabilities::connects::Connects;
+use crate::capabilities::keyvalue::Granted;
+use crate::capabilities::messaging::{self, ConnMessaging};
+use crate::capabilities::outbound::{ConnOutbound, Policy};
+use crate::config::Limits;
+use crate::net::socket::{SharedOutput, Socket, SocketInput, SocketOutput, SocketStdio};
+use crate::ops::counters::{Counters, count};
+use crate::ops::untrusted::Untrusted;
+use crate::sandbox::bindings::ConnectionInfo;
+use crate::sandbox::plugin::{Instance, MemoryInit, Plugin};
+use crate::sandbox::stdio::{PluginLog, Stream};
 
 /// How often a running plugin is made to yield its thread, so that plugins
 /// that compute without pause, even one per core or more, cannot hold the
@@ -87,33 +94,6 @@ const POOL_RETRY_PAUSE: Duration = Duration::from_millis(1);
 /// Longest wait, once `run` has returned, for pending output to reach the
 /// client (never longer than the idle timeout).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the operator allows, from the command line.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Limits {
-    /// Connections served at once; the instance pool holds this many.
-    pub max_connections: u32,
-    /// Accepted connections that may wait for a place.
-    pub max_queued: u32,
-    /// Largest linear memory of one instance.
-    pub memory_bytes: usize,
-    /// Time one connection's plugin may spend running.
-    pub cpu_budget: Duration,
-    /// Close a connection after this long without a byte either way.
-    pub idle_timeout: Duration,
-    /// Close a connection this long after it was accepted.
-    pub max_lifetime: Option<Duration>,
-    /// Plugin stdout and stderr lines logged per second and connection.
-    pub log_lines_per_second: u32,
-    /// On shutdown, how long live connections may take to finish.
-    pub drain_timeout: Duration,
-    /// Outbound sockets one connection may create over its life.
-    pub max_outbound_sockets: u32,
-    /// Outbound sockets the service's connections may hold at once.
-    pub max_outbound_sockets_per_service: u32,
-    /// How long an outbound connect may take before it fails with `timeout`.
-    pub connect_timeout: Duration,
-}
 
 /// Builds the engine shared by every connection: a pooling allocator sized
 /// for `limits`, memories initialised as `init` says, and epoch

@@ -34,11 +34,11 @@ use wasmtime_wasi::sockets::WasiSocketsView;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_io::bindings::wasi::io::poll;
 
-use crate::bindings::{Handler, HandlerPre};
-use crate::cache::{Cache, Key};
-use crate::keyvalue::{
+use crate::capabilities::keyvalue::{
     KvError, MAX_BATCH, OpenBucket, check_key_size, check_value_size, too_many_keys,
 };
+use crate::sandbox::bindings::{Handler, HandlerPre};
+use crate::sandbox::cache::{Cache, Key};
 use crate::sandbox::{ConnState, MAX_RESOURCES};
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -158,7 +158,7 @@ impl Plugin {
         // The SHA-256 is for operators only (logs, metrics); the cache is
         // keyed by a faster hash, so it is computed beside the loading.
         let (digest, loaded) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| crate::cache::digest(bytes));
+            let digest = scope.spawn(|| crate::sandbox::cache::digest(bytes));
             let loaded = match cache {
                 Some(cache) => {
                     let key = Key::of(engine, bytes);
@@ -190,25 +190,25 @@ impl Plugin {
         bound_poll(&mut linker)?;
         guard_sockets(&mut linker)?;
         {
-            use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+            use crate::sandbox::bindings::wasi::keyvalue::{atomics, batch, store};
             use wasmtime::component::HasSelf;
             store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             atomics::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             batch::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
-            use crate::bindings::portico::plugin::{connection, pubsub};
+            use crate::sandbox::bindings::portico::plugin::{connection, pubsub};
             pubsub::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
             connection::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
-            crate::bindings::v0_2::portico::plugin::pubsub::add_to_linker::<_, HasSelf<ConnState>>(
-                &mut linker,
-                |state| state,
-            )?;
+            crate::sandbox::bindings::v0_2::portico::plugin::pubsub::add_to_linker::<
+                _,
+                HasSelf<ConnState>,
+            >(&mut linker, |state| state)?;
         }
         copy_values(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut ConnState| {
             WasiConfig::from(&*state.config)
         })?;
         {
-            use crate::bindings::spin_config::wasi::config::store;
+            use crate::sandbox::bindings::spin_config::wasi::config::store;
             use wasmtime::component::HasSelf;
             store::add_to_linker::<_, HasSelf<ConnState>>(&mut linker, |state| state)?;
         }
@@ -277,7 +277,7 @@ const MAX_POLL_LIST: usize = MAX_RESOURCES;
 /// Replaces wasmtime-wasi's waits with ones that refuse (trap on) a list
 /// longer than [`MAX_POLL_LIST`] before reading it from the plugin's
 /// memory, and that end at the deadline of a connecting socket
-/// ([`crate::connects`]): the plugin then sees that socket's pollable ready,
+/// ([`crate::capabilities::connects`]): the plugin then sees that socket's pollable ready,
 /// and `finish-connect` tells it the connect timed out.
 fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(true);
@@ -367,12 +367,12 @@ fn bound_poll(linker: &mut Linker<ConnState>) -> Result<()> {
 }
 
 /// Puts the host's checks in front of wasmtime-wasi's TCP sockets and name
-/// lookups ([`crate::outbound`] decides): creating a socket counts against
+/// lookups ([`crate::capabilities::outbound`] decides): creating a socket counts against
 /// the limits, a lookup needs a rule that names the name, and bind and
 /// listen are refused outright, since a plugin serves the connection the
 /// host accepted and accepts none of its own. Connects are checked by
 /// wasmtime-wasi itself, through the store's socket address check; the
-/// host only gives them a deadline ([`crate::connects`]).
+/// host only gives them a deadline ([`crate::capabilities::connects`]).
 fn guard_sockets(linker: &mut Linker<ConnState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.instance(TCP_CREATE_SOCKET_INTERFACE)?.func_wrap(

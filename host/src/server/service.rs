@@ -13,16 +13,16 @@ use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::Cache;
+use crate::capabilities::keyvalue::Granted;
+use crate::capabilities::messaging::{self, Broker};
+use crate::capabilities::outbound::Policy;
 use crate::config;
-use crate::counters::Counters;
-use crate::keyvalue::Granted;
-use crate::messaging::{self, Broker};
-use crate::outbound::Policy;
-use crate::plugin::{MemoryInit, Plugin};
-use crate::reclaim::Reclaimer;
+use crate::net::tls::Tls;
+use crate::ops::counters::Counters;
+use crate::sandbox::cache::Cache;
+use crate::sandbox::plugin::{MemoryInit, Plugin};
+use crate::sandbox::reclaim::Reclaimer;
 use crate::sandbox::{self, EpochTicker, Sandbox};
-use crate::tls::Tls;
 
 /// One version of a service, ready to serve.
 pub struct Version {
@@ -81,7 +81,7 @@ impl Version {
         // The pool holds no more slots than the process can serve: past the
         // ceiling, slots would only take address space and mappings.
         let max_connections = host.ceiling.min(limits.max_connections).max(1);
-        let pooled = sandbox::Limits {
+        let pooled = crate::config::Limits {
             max_connections,
             ..limits.clone()
         };
@@ -199,14 +199,15 @@ impl Version {
     pub fn serves(&self, spec: &config::Service) -> bool {
         let same_tls = match (&spec.tls, &self.tls) {
             (Some(files), Some(tls)) => {
-                crate::tls::files_digest(files).is_ok_and(|digest| digest == tls.files_digest)
+                crate::net::tls::files_digest(files).is_ok_and(|digest| digest == tls.files_digest)
             }
             (None, None) => true,
             _ => false,
         };
         self.spec == *spec
             && same_tls
-            && std::fs::read(&spec.plugin)
-                .is_ok_and(|bytes| crate::cache::digest(&bytes) == self.sandbox.plugin.digest)
+            && std::fs::read(&spec.plugin).is_ok_and(|bytes| {
+                crate::sandbox::cache::digest(&bytes) == self.sandbox.plugin.digest
+            })
     }
 }

@@ -17,6 +17,8 @@
 //! Errors of one connection stay in its task and its log lines; the accept
 //! loops only ever see accept errors.
 
+pub mod service;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,19 +35,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::admin;
-use crate::bindings::ConnectionInfo;
-use crate::cache::Cache;
+use crate::capabilities::keyvalue::Bucket;
+use crate::capabilities::messaging::Broker;
 use crate::config::{self, Config};
-use crate::counters::{Counters, count};
-use crate::keyvalue::Bucket;
-use crate::messaging::Broker;
-use crate::plugin::MemoryInit;
+use crate::net::socket::Socket;
+use crate::ops::admin;
+use crate::ops::counters::{Counters, count};
+use crate::ops::signals;
+use crate::ops::untrusted::{self, Untrusted};
+use crate::sandbox::bindings::ConnectionInfo;
+use crate::sandbox::cache::Cache;
+use crate::sandbox::plugin::MemoryInit;
 use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
-use crate::service::{HostParts, Version};
-use crate::signals;
-use crate::socket::Socket;
-use crate::untrusted::{self, Untrusted};
+use crate::server::service::{HostParts, Version};
 
 /// How long, after the host has finished sending, it keeps reading and
 /// discarding what the client still sends. Closing a socket with unread
@@ -350,7 +352,7 @@ impl Host {
                     from_cache = plugin.from_cache, ms = version.loaded_in.as_millis() as u64,
                     "plugin loaded and checked"
                 );
-                crate::admin::plugin_in_force(
+                crate::ops::admin::plugin_in_force(
                     name,
                     &version.sandbox.plugin.digest,
                     state
@@ -820,7 +822,7 @@ async fn serve_connection(version: Arc<Version>, arrival: Arrival, _place: Owned
     counters.bytes_in.fetch_add(socket.bytes_in(), Relaxed);
     counters.bytes_out.fetch_add(socket.bytes_out(), Relaxed);
     version.reclaimer.connection_ended();
-    crate::admin::connection_ended(service, accepted.elapsed(), served.instantiation);
+    crate::ops::admin::connection_ended(service, accepted.elapsed(), served.instantiation);
     log_outcome(service, counters, id, accepted, &socket, served);
 }
 

@@ -20,12 +20,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::keyvalue::{self, BackendSpec, BucketSpec};
-use crate::messaging::{self, Pattern};
-use crate::outbound::Rule;
-use crate::proxy_protocol::ProxySpec;
-use crate::sandbox::Limits;
-use crate::tls::{CertificateFiles, TlsSpec};
+use crate::capabilities::keyvalue::{self, BackendSpec, BucketSpec};
+use crate::capabilities::messaging::{self, Pattern};
+use crate::capabilities::outbound::Rule;
+use crate::net::proxy_protocol::ProxySpec;
+use crate::net::tls::{CertificateFiles, TlsSpec};
 
 /// Largest `max-memory`, in MiB: a wasm32 memory cannot be larger.
 pub const MAX_MEMORY_MIB: u32 = 4096;
@@ -45,6 +44,33 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Where messages between connections go.
     pub messaging: messaging::Backend,
+}
+
+/// What the operator allows, from the flags or the config file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Connections served at once; the instance pool holds this many.
+    pub max_connections: u32,
+    /// Accepted connections that may wait for a place.
+    pub max_queued: u32,
+    /// Largest linear memory of one instance.
+    pub memory_bytes: usize,
+    /// Time one connection's plugin may spend running.
+    pub cpu_budget: Duration,
+    /// Close a connection after this long without a byte either way.
+    pub idle_timeout: Duration,
+    /// Close a connection this long after it was accepted.
+    pub max_lifetime: Option<Duration>,
+    /// Plugin stdout and stderr lines logged per second and connection.
+    pub log_lines_per_second: u32,
+    /// On shutdown, how long live connections may take to finish.
+    pub drain_timeout: Duration,
+    /// Outbound sockets one connection may create over its life.
+    pub max_outbound_sockets: u32,
+    /// Outbound sockets the service's connections may hold at once.
+    pub max_outbound_sockets_per_service: u32,
+    /// How long an outbound connect may take before it fails with `timeout`.
+    pub connect_timeout: Duration,
 }
 
 /// One service: a plugin, the addresses it serves and how.
@@ -597,7 +623,7 @@ impl Source<'_> {
         }
         let handshake_timeout = match &tls.handshake_timeout {
             Some(text) => self.positive_duration(text, &format!("{key}.handshake-timeout"))?,
-            None => crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            None => crate::net::tls::DEFAULT_HANDSHAKE_TIMEOUT,
         };
         Ok(TlsSpec {
             certificates: tls
@@ -621,7 +647,7 @@ impl Source<'_> {
             v1: true,
             v2: true,
             trusted: self.networks(&proxy.trusted, &format!("{key}.trusted"))?,
-            timeout: crate::proxy_protocol::DEFAULT_TIMEOUT,
+            timeout: crate::net::proxy_protocol::DEFAULT_TIMEOUT,
         };
         if spec.trusted.is_empty() {
             return Err(self.error(

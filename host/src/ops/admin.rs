@@ -25,7 +25,7 @@ use metrics::{
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::counters::Counters;
+use crate::ops::counters::Counters;
 use crate::server::Host;
 
 /// Histogram buckets, in seconds: from a fast instantiation (tens of
@@ -154,7 +154,7 @@ pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle)
         .local_addr()
         .context("cannot read the bound address")?;
     println!("admin on {local}");
-    tracing::info!(%local, "admin endpoint listening");
+    tracing::info!(target: "portico_host::admin", %local, "admin endpoint listening");
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -163,7 +163,7 @@ pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle)
         .with_state(Admin { host, metrics });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!("admin endpoint stopped: {error}");
+            tracing::error!(target: "portico_host::admin", "admin endpoint stopped: {error}");
         }
     });
     Ok(())

@@ -110,10 +110,16 @@ impl Reclaimer {
         })
         .await;
         match reclaimed {
-            Ok(Ok(probes)) => tracing::debug!(probes, "memory reclaimed"),
+            Ok(Ok(probes)) => {
+                tracing::debug!(target: "portico_host::reclaim", probes, "memory reclaimed")
+            }
             // A connection that arrived meanwhile took the last slot.
-            Ok(Err(error)) => tracing::debug!("instance pool partly flushed: {error:#}"),
-            Err(error) => tracing::warn!("cannot reclaim memory: {error}"),
+            Ok(Err(error)) => {
+                tracing::debug!(target: "portico_host::reclaim", "instance pool partly flushed: {error:#}")
+            }
+            Err(error) => {
+                tracing::warn!(target: "portico_host::reclaim", "cannot reclaim memory: {error}")
+            }
         }
     }
 }

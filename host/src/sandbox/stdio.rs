@@ -2,7 +2,7 @@
 //!
 //! Each complete line becomes one log event tagged with the connection id
 //! and the stream's name, its text escaped and quoted
-//! ([`crate::untrusted`]). Bounds keep a plugin from flooding the log or
+//! ([`crate::ops::untrusted`]). Bounds keep a plugin from flooding the log or
 //! growing the host's memory through it:
 //! - a line longer than [`MAX_LINE_BYTES`] is cut there;
 //! - a connection may log only so many lines per second; the lines over
@@ -24,8 +24,8 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::counters::Counters;
-use crate::untrusted::Untrusted;
+use crate::ops::counters::Counters;
+use crate::ops::untrusted::Untrusted;
 
 /// Longest line logged whole; the rest of a longer line is dropped.
 pub const MAX_LINE_BYTES: usize = 4096;
@@ -169,7 +169,7 @@ impl PluginLog {
             );
         } else {
             state.dropped += 1;
-            crate::counters::count(&self.counters.log_lines_dropped);
+            crate::ops::counters::count(&self.counters.log_lines_dropped);
         }
     }
 

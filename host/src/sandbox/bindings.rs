@@ -19,8 +19,8 @@ wasmtime::component::bindgen!({
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:random": wasmtime_wasi::p2::bindings::random,
         "wasi:sockets": wasmtime_wasi::p2::bindings::sockets,
-        "wasi:keyvalue/store.bucket": crate::keyvalue::OpenBucket,
-        "portico:plugin/pubsub.subscription": crate::messaging::Subscription,
+        "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::OpenBucket,
+        "portico:plugin/pubsub.subscription": crate::capabilities::messaging::Subscription,
     },
 });
 
@@ -56,7 +56,7 @@ pub mod v0_2 {
         imports: { default: async | trappable },
         with: {
             "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "portico:plugin/pubsub.subscription": crate::messaging::Subscription,
+            "portico:plugin/pubsub.subscription": crate::capabilities::messaging::Subscription,
         },
     });
 
@@ -65,7 +65,7 @@ pub mod v0_2 {
 
     use self::portico::plugin::pubsub::{Error, Host, HostSubscription, Message};
     use super::portico::plugin::pubsub as current;
-    use crate::messaging::Subscription;
+    use crate::capabilities::messaging::Subscription;
     use crate::sandbox::ConnState;
 
     impl From<current::Error> for Error {

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
-use crate::bindings::portico::plugin::pubsub::{self, Error, Message};
-use crate::counters::{Counters, count};
-use crate::outbound::Capability;
+use crate::capabilities::outbound::Capability;
+use crate::ops::counters::{Counters, count};
 use crate::sandbox::ConnState;
+use crate::sandbox::bindings::portico::plugin::pubsub::{self, Error, Message};
 
 /// Largest payload, in bytes.
 pub const MAX_PAYLOAD: usize = 64 << 10;

@@ -27,9 +27,9 @@ use anyhow::Result;
 use async_trait::async_trait;
 use wasmtime::component::Resource;
 
-use crate::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::outbound::Capability;
+use crate::capabilities::outbound::Capability;
 use crate::sandbox::ConnState;
+use crate::sandbox::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Largest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

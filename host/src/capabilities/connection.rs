@@ -7,8 +7,8 @@ use rustls::{ProtocolVersion, ServerConnection};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bindings::portico::plugin::connection::{ClientCertificate, Host, TlsSession};
 use crate::sandbox::ConnState;
+use crate::sandbox::bindings::portico::plugin::connection::{ClientCertificate, Host, TlsSession};
 
 impl Host for ConnState {
     fn tls(&mut self) -> Option<TlsSession> {

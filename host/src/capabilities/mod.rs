@@ -1,0 +1,8 @@
+//! What a plugin may ask of the host beyond its own connection, each
+//! capability with its own per-connection state.
+
+pub mod connection;
+pub mod connects;
+pub mod keyvalue;
+pub mod messaging;
+pub mod outbound;
