@@ -830,7 +830,7 @@ mod tests {
     /// The README's example file uses every key, and means what it says.
     #[test]
     fn the_example_file_is_valid() {
-        let config = check(include_str!("../../examples/portico.toml")).unwrap();
+        let config = check(include_str!("../../../examples/portico.toml")).unwrap();
         assert_eq!(config.admin, Some("127.0.0.1:9900".parse().unwrap()));
         assert_eq!(config.services.len(), 3);
         let greeter = &config.services[1];

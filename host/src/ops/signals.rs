@@ -94,7 +94,7 @@ pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Reloads)> {
                     let _ = request.send(Some(name));
                     exit_after(drain_timeout.get().saturating_add(DRAIN_MARGIN));
                 } else {
-                    warn!("{name} again: exiting without draining");
+                    warn!(target: "portico_host::signals", "{name} again: exiting without draining");
                     std::process::exit(1);
                 }
             }
@@ -110,13 +110,13 @@ fn exit_after(deadline: Duration) {
         .name("exit-deadline".into())
         .spawn(move || {
             std::thread::sleep(deadline);
-            error!(
+            error!(target: "portico_host::signals",
                 "still running {} after the stop signal: exiting",
                 humantime::format_duration(deadline)
             );
             std::process::exit(1);
         });
     if let Err(error) = started {
-        error!("cannot start the exit deadline: {error}");
+        error!(target: "portico_host::signals", "cannot start the exit deadline: {error}");
     }
 }
