@@ -3,14 +3,64 @@
 //! serves. Answers are read off the connection's own socket, so a plugin
 //! can learn of its connection and of no other.
 
+use std::sync::Arc;
+
 use rustls::{ProtocolVersion, ServerConnection};
+use wasmtime::component::{HasData, Linker};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::sandbox::ConnState;
-use crate::sandbox::bindings::portico::plugin::connection::{ClientCertificate, Host, TlsSession};
+use self::bindings::portico::plugin::connection::{self, ClientCertificate, Host, TlsSession};
+use crate::net::socket::Socket;
 
-impl Host for ConnState {
+/// The host side of `portico:plugin/connection`, generated from the
+/// contract; the handler world's bindings use these.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        inline: "
+            package portico:host;
+
+            world connection {
+                import portico:plugin/connection@0.3.0;
+            }
+        ",
+        world: "portico:host/connection",
+    });
+}
+
+/// What an instance may learn of its connection: the client's socket,
+/// which holds what the handshake and the PROXY header established.
+pub struct ConnectionCtx {
+    /// `None` in the instance that checks a plugin at load, which serves
+    /// no one.
+    socket: Option<Arc<Socket>>,
+}
+
+impl ConnectionCtx {
+    pub fn new(socket: Option<Arc<Socket>>) -> Self {
+        Self { socket }
+    }
+}
+
+/// Implemented once by the store's data, to reach the state.
+pub trait ConnectionView: Send + 'static {
+    fn connection(&mut self) -> &ConnectionCtx;
+}
+
+struct HasConnection;
+
+impl HasData for HasConnection {
+    type Data<'a> = &'a ConnectionCtx;
+}
+
+/// Links `portico:plugin/connection` for stores whose data reaches a
+/// [`ConnectionCtx`].
+pub fn add_to_linker<T: ConnectionView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    connection::add_to_linker::<T, HasConnection>(linker, T::connection)
+}
+
+impl Host for &ConnectionCtx {
     fn tls(&mut self) -> Option<TlsSession> {
         let socket = self.socket.as_ref()?;
         let session = socket.tls()?;

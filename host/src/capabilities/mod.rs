@@ -2,7 +2,8 @@
 //! capability with its own per-connection state.
 
 pub mod connection;
-pub mod connects;
+pub mod denials;
 pub mod keyvalue;
 pub mod messaging;
 pub mod outbound;
+pub mod settings;

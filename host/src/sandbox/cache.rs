@@ -83,7 +83,7 @@ impl Cache {
             Ok(component) => Some(component),
             // One that does not fit this host's limits would not compile
             // either: the compiler says so, once.
-            Err(error) if crate::sandbox::pool_hint(&format!("{error:#}")).is_some() => None,
+            Err(error) if super::engine::pool_hint(&format!("{error:#}")).is_some() => None,
             Err(error) => {
                 tracing::warn!(target: "portico_host::cache", entry = %path.display(), "compile cache entry refused, compiling again: {error}");
                 None

@@ -43,9 +43,9 @@ use crate::ops::admin;
 use crate::ops::counters::{Counters, count};
 use crate::ops::signals;
 use crate::ops::untrusted::{self, Untrusted};
+use crate::sandbox::MemoryInit;
 use crate::sandbox::bindings::ConnectionInfo;
 use crate::sandbox::cache::Cache;
-use crate::sandbox::plugin::MemoryInit;
 use crate::sandbox::{EpochTicker, Outcome, Served, StopReason};
 use crate::server::service::{HostParts, Version};
 

@@ -19,8 +19,9 @@ use crate::capabilities::outbound::Policy;
 use crate::config;
 use crate::net::tls::Tls;
 use crate::ops::counters::Counters;
+use crate::sandbox::MemoryInit;
 use crate::sandbox::cache::Cache;
-use crate::sandbox::plugin::{MemoryInit, Plugin};
+use crate::sandbox::plugin::Plugin;
 use crate::sandbox::reclaim::Reclaimer;
 use crate::sandbox::{self, EpochTicker, Sandbox};
 

@@ -15,9 +15,25 @@
 //! host's memory never grows past them. Counters (`increment`) are decimal
 //! integers in ASCII, as Redis's `INCR` keeps them, in every backend.
 
+mod checked;
 mod file;
+mod host;
 mod memory;
 mod redis;
+
+pub use host::{KeyValueCtx, KeyValueCtxView, KeyValueView, add_to_linker};
+
+/// The host side of `wasi:keyvalue`, generated from the contract's copy of
+/// it; the handler world's bindings use these.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        world: "wasi:keyvalue/imports",
+        // Backends wait on a disk or on Redis.
+        imports: { default: async | trappable },
+        with: { "wasi:keyvalue/store.bucket": super::OpenBucket },
+    });
+}
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,11 +41,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use async_trait::async_trait;
-use wasmtime::component::Resource;
-
-use crate::capabilities::outbound::Capability;
-use crate::sandbox::ConnState;
-use crate::sandbox::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Largest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -82,7 +93,7 @@ pub struct Bucket {
 }
 
 /// Why an operation failed: a limit (counted and logged, see
-/// [`ConnState::answer`]), or anything else.
+/// [`KeyValueCtxView::answer`]), or anything else.
 #[derive(Debug)]
 pub enum KvError {
     Limit(String),
@@ -100,9 +111,6 @@ impl std::fmt::Display for KvError {
 impl std::error::Error for KvError {}
 
 type KvResult<T> = std::result::Result<T, KvError>;
-
-/// What a plugin is told when an operation fails.
-type WitResult<T> = std::result::Result<T, store::Error>;
 
 fn other(problem: impl std::fmt::Display) -> KvError {
     KvError::Failed(problem.to_string())
@@ -242,106 +250,6 @@ pub type Granted = HashMap<String, Arc<Bucket>>;
 /// A bucket a plugin opened: the resource behind `wasi:keyvalue/store.bucket`.
 pub struct OpenBucket(Arc<Bucket>);
 
-impl ConnState {
-    /// What the plugin is told of `result`; a limit it reached is also
-    /// counted and logged.
-    pub fn answer<T>(&self, result: KvResult<T>) -> WitResult<T> {
-        result.map_err(|error| {
-            if let KvError::Limit(problem) = &error {
-                self.outbound.limit_hit(Capability::KeyValue, problem);
-            }
-            store::Error::Other(error.to_string())
-        })
-    }
-
-    /// The bucket behind a plugin's handle.
-    pub fn open_bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
-        self.bucket(bucket)
-    }
-
-    fn bucket(&self, bucket: &Resource<OpenBucket>) -> wasmtime::Result<Arc<Bucket>> {
-        Ok(self.table.get(bucket)?.0.clone())
-    }
-}
-
-impl store::Host for ConnState {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<WitResult<Resource<OpenBucket>>> {
-        let Some(bucket) = self.buckets.get(&identifier).cloned() else {
-            self.outbound.refuse_bucket(&identifier);
-            return Ok(Err(store::Error::AccessDenied));
-        };
-        Ok(Ok(self.table.push(OpenBucket(bucket))?))
-    }
-}
-
-impl store::HostBucket for ConnState {
-    async fn get(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        key: String,
-    ) -> wasmtime::Result<WitResult<Option<Vec<u8>>>> {
-        let result = self.bucket(&bucket)?.get(&key).await;
-        Ok(self.answer(result))
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<WitResult<()>> {
-        let result = self.bucket(&bucket)?.set(&key, value).await;
-        Ok(self.answer(result))
-    }
-
-    async fn delete(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        key: String,
-    ) -> wasmtime::Result<WitResult<()>> {
-        let result = self.bucket(&bucket)?.delete(&key).await;
-        Ok(self.answer(result))
-    }
-
-    async fn exists(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        key: String,
-    ) -> wasmtime::Result<WitResult<bool>> {
-        let result = self.bucket(&bucket)?.exists(&key).await;
-        Ok(self.answer(result))
-    }
-
-    async fn list_keys(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        cursor: Option<u64>,
-    ) -> wasmtime::Result<WitResult<store::KeyResponse>> {
-        let listed = self.bucket(&bucket)?.list_keys(cursor).await;
-        Ok(self.answer(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor })))
-    }
-
-    async fn drop(&mut self, bucket: Resource<OpenBucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
-    }
-}
-
-impl atomics::Host for ConnState {
-    async fn increment(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        key: String,
-        delta: u64,
-    ) -> wasmtime::Result<WitResult<u64>> {
-        let result = self.bucket(&bucket)?.increment(&key, delta).await;
-        Ok(self.answer(result))
-    }
-}
-
 /// Most keys one batch call may name: each is a backend operation.
 pub const MAX_BATCH: usize = 1000;
 
@@ -357,53 +265,4 @@ pub fn answer_too_large() -> KvError {
 
 pub fn too_many_keys() -> KvError {
     limit(format!("more than {MAX_BATCH} keys in one call"))
-}
-
-impl batch::Host for ConnState {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<WitResult<Vec<Option<(String, Vec<u8>)>>>> {
-        if keys.len() > MAX_BATCH {
-            return Ok(self.answer(Err(too_many_keys())));
-        }
-        let bucket = self.bucket(&bucket)?;
-        let values = bucket.get_many(keys).await;
-        Ok(self.answer(values))
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        entries: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<WitResult<()>> {
-        if entries.len() > MAX_BATCH {
-            return Ok(self.answer(Err(too_many_keys())));
-        }
-        let bucket = self.bucket(&bucket)?;
-        for (key, value) in entries {
-            if let Err(error) = bucket.set(&key, value).await {
-                return Ok(self.answer(Err(error)));
-            }
-        }
-        Ok(Ok(()))
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<OpenBucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<WitResult<()>> {
-        if keys.len() > MAX_BATCH {
-            return Ok(self.answer(Err(too_many_keys())));
-        }
-        let bucket = self.bucket(&bucket)?;
-        for key in keys {
-            if let Err(error) = bucket.delete(&key).await {
-                return Ok(self.answer(Err(error)));
-            }
-        }
-        Ok(Ok(()))
-    }
 }

@@ -6,7 +6,7 @@
 //! is allowed unless the operator listed it in the service's
 //! `grants.outbound`. wasmtime-wasi asks [`ConnOutbound::allows`] before
 //! every connect; the rest (socket creation, name lookups, bind and listen)
-//! is guarded by the host functions that [`crate::sandbox::plugin`] puts in front of
+//! is guarded by the host functions that [`host`] puts in front of
 //! wasmtime-wasi's own.
 //!
 //! Names are resolved by the host, and only names a rule lists may be
@@ -17,143 +17,26 @@
 //! addresses must be listed by IP or CIDR.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-use crate::ops::counters::{Counters, count};
+use crate::capabilities::denials::{Denials, Logged, TARGET};
 use crate::ops::untrusted::Untrusted;
+
+mod connects;
+mod host;
+mod rule;
+
+pub use connects::Connects;
+pub use host::{OutboundCtx, OutboundCtxView, OutboundView, add_to_linker};
+pub use rule::Rule;
+use rule::{Target, domain_name, is_public};
 
 /// Name lookups one connection may make; each may send DNS queries.
 const MAX_LOOKUPS: u32 = 16;
-
-/// Denials and limit hits logged per connection: a plugin retrying in a
-/// loop is counted in full (`portico_outbound_denied_total` and the others)
-/// but cannot flood the log.
-const MAX_LOGGED_DENIALS: u32 = 8;
-
-/// One entry of `grants.outbound`: a host (an address, a network, a name,
-/// or every name under a domain) and a port.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    host: Target,
-    port: u16,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Target {
-    Network(IpNet),
-    Name(String),
-    /// `*.example.com`, kept as `.example.com`.
-    Under(String),
-}
-
-impl FromStr for Rule {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Rule, String> {
-        let problem = || {
-            format!(
-                "{text:?} is not an outbound grant: write HOST:PORT, where HOST is an IP address \
-                 ([IPv6]), a CIDR network, a name or *.domain"
-            )
-        };
-        let (host, port) = text.rsplit_once(':').ok_or_else(problem)?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(problem)?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|host| host.strip_suffix(']'))
-            .unwrap_or(host);
-        let target = if let Ok(net) = host.parse::<IpNet>() {
-            Target::Network(net)
-        } else if let Ok(ip) = host.parse::<IpAddr>() {
-            Target::Network(IpNet::from(ip))
-        } else if let Some(domain) = host.strip_prefix("*.") {
-            Target::Under(format!(".{}", domain_name(domain).ok_or_else(problem)?))
-        } else {
-            Target::Name(domain_name(host).ok_or_else(problem)?)
-        };
-        Ok(Rule { host: target, port })
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.host {
-            Target::Network(net) if net.prefix_len() == net.max_prefix_len() => match net.addr() {
-                IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
-                IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
-            },
-            Target::Network(net) => write!(f, "{net}:{}", self.port),
-            Target::Name(name) => write!(f, "{name}:{}", self.port),
-            Target::Under(suffix) => write!(f, "*{suffix}:{}", self.port),
-        }
-    }
-}
-
-/// A DNS name in the form lookups are compared in (lower case, no final
-/// dot), if `text` is one.
-fn domain_name(text: &str) -> Option<String> {
-    let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    (name.len() <= 253 && name.split('.').all(label_ok)).then_some(name)
-}
-
-/// Whether `ip` is an address of the public internet: what a name may
-/// resolve to without the operator listing the address itself.
-fn is_public(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(ip) => {
-            !(ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_documentation()
-                || ip.is_multicast()
-                // Shared address space (carrier-grade NAT), 100.64.0.0/10.
-                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64)
-                // IETF protocol assignments (192.0.0.0/24) and benchmarking
-                // (198.18.0.0/15).
-                || ip.octets()[..3] == [192, 0, 0]
-                || (ip.octets()[0] == 198 && ip.octets()[1] & 0xfe == 18)
-                || ip.octets()[0] == 0
-                || ip.octets()[0] >= 240)
-        }
-        IpAddr::V6(ip) => {
-            let [first, second, ..] = ip.segments();
-            !(ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_multicast()
-                || ip.is_unique_local()
-                || ip.is_unicast_link_local()
-                // Site-local (fec0::/10, deprecated), documentation
-                // (2001:db8::/32), and the prefixes that carry an IPv4
-                // address to a gateway that may reach private networks:
-                // NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16)
-                // and Teredo (2001::/32).
-                || first & 0xffc0 == 0xfec0
-                || (first == 0x2001 && (second == 0xdb8 || second == 0))
-                || (first == 0x64 && second == 0xff9b)
-                || first == 0x2002)
-        }
-    }
-}
 
 /// A service's outbound grant and limits, shared by its connections.
 pub struct Policy {
@@ -212,16 +95,12 @@ impl Policy {
 pub struct ConnOutbound {
     /// `None` when the service has no outbound grant.
     policy: Option<Arc<Policy>>,
-    service: Arc<str>,
-    conn: u64,
-    counters: Arc<Counters>,
+    denials: Arc<Denials>,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
-    /// Denials logged so far; the rest are only counted.
-    logged: u32,
     sockets: u32,
     permits: Option<OwnedSemaphorePermit>,
     lookups: u32,
@@ -240,30 +119,14 @@ enum Denied<'a> {
     SocketLimit(u32),
     ServiceSocketLimit(u32),
     Listen(&'static str),
-    Bucket(&'a str),
-    Limit(Capability, &'a str),
     ConnectTimeout,
 }
 
-/// A capability whose limits a plugin can reach.
-#[derive(Clone, Copy)]
-pub enum Capability {
-    KeyValue,
-    Messaging,
-}
-
 impl ConnOutbound {
-    pub fn new(
-        policy: Option<Arc<Policy>>,
-        service: Arc<str>,
-        conn: u64,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(policy: Option<Arc<Policy>>, denials: Arc<Denials>) -> Self {
         Self {
             policy,
-            service,
-            conn,
-            counters,
+            denials,
             state: Mutex::default(),
         }
     }
@@ -281,72 +144,52 @@ impl ConnOutbound {
     }
 
     fn deny(&self, why: Denied<'_>) -> bool {
+        let counted = self.denials.count(|counters| match why {
+            Denied::ConnectTimeout => &counters.outbound_connect_timeouts,
+            _ => &counters.outbound_denied,
+        });
+        let Some(Logged { service, conn }) = counted else {
+            return false;
+        };
         match why {
-            Denied::Bucket(_) => count(&self.counters.keyvalue_denied),
-            Denied::Limit(Capability::KeyValue, _) => count(&self.counters.keyvalue_limit_hits),
-            Denied::Limit(Capability::Messaging, _) => count(&self.counters.messaging_limit_hits),
-            Denied::ConnectTimeout => count(&self.counters.outbound_connect_timeouts),
-            _ => count(&self.counters.outbound_denied),
-        }
-        {
-            let mut state = self.state();
-            if state.logged >= MAX_LOGGED_DENIALS {
-                return false;
-            }
-            state.logged += 1;
-        }
-        let (service, conn) = (&*self.service, self.conn);
-        match why {
-            Denied::NotGranted => tracing::warn!(target: "portico_host::outbound",
+            Denied::NotGranted => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "outbound TCP denied: the service has no outbound grant"
             ),
-            Denied::Connect(address) => tracing::warn!(target: "portico_host::outbound",
+            Denied::Connect(address) => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 %address,
                 "outbound connect denied: the address is not in the service's grant"
             ),
-            Denied::Lookup(name) => tracing::warn!(target: "portico_host::outbound",
+            Denied::Lookup(name) => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 name = %Untrusted(name),
                 "name lookup denied: the name is not in the service's grant"
             ),
-            Denied::TooManyLookups => tracing::warn!(target: "portico_host::outbound",
+            Denied::TooManyLookups => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "name lookup denied: the connection made {MAX_LOOKUPS} already"
             ),
-            Denied::SocketLimit(limit) => tracing::warn!(target: "portico_host::outbound",
+            Denied::SocketLimit(limit) => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "outbound socket denied: the connection opened {limit} already"
             ),
-            Denied::Bucket(name) => tracing::warn!(target: "portico_host::outbound",
-                service,
-                conn,
-                bucket = %Untrusted(name),
-                "key-value bucket denied: not in the service's grant"
-            ),
-            Denied::Limit(Capability::KeyValue, problem) => {
-                tracing::warn!(target: "portico_host::outbound", service, conn, "key-value limit reached: {problem}")
-            }
-            Denied::Limit(Capability::Messaging, problem) => {
-                tracing::warn!(target: "portico_host::outbound", service, conn, "messaging limit reached: {problem}")
-            }
-            Denied::Listen(what) => tracing::warn!(target: "portico_host::outbound",
+            Denied::Listen(what) => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "outbound {what} denied: plugins may not accept connections of their own"
             ),
-            Denied::ConnectTimeout => tracing::warn!(target: "portico_host::outbound",
+            Denied::ConnectTimeout => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "outbound connect timed out: no answer within the connect timeout"
             ),
-            Denied::ServiceSocketLimit(limit) => tracing::warn!(target: "portico_host::outbound",
+            Denied::ServiceSocketLimit(limit) => tracing::warn!(target: TARGET,
                 service,
                 conn,
                 "outbound socket denied: the service's connections hold {limit} already"
@@ -383,19 +226,9 @@ impl ConnOutbound {
         self.deny(Denied::Listen(what));
     }
 
-    /// Records that the plugin reached a limit of `capability`.
-    pub fn limit_hit(&self, capability: Capability, problem: &str) {
-        self.deny(Denied::Limit(capability, problem));
-    }
-
     /// Records that a connect took longer than the connect timeout.
     pub fn connect_timed_out(&self) {
         self.deny(Denied::ConnectTimeout);
-    }
-
-    /// Refuses to open bucket `name`, which the service was not granted.
-    pub fn refuse_bucket(&self, name: &str) {
-        self.deny(Denied::Bucket(name));
     }
 
     /// Whether the plugin may look `name` up.
@@ -468,7 +301,7 @@ impl ConnOutbound {
             }
             // Before an unbound socket connects, wasmtime-wasi checks the
             // implicit bind to an ephemeral port; explicit binds never get
-            // here (see `crate::sandbox::plugin`).
+            // here (see [`host`]).
             SocketAddrUse::TcpBind => {
                 addr.port() == 0
                     && (addr.ip() == IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -493,7 +326,11 @@ mod tests {
     }
 
     fn conn(policy: &Arc<Policy>) -> ConnOutbound {
-        ConnOutbound::new(Some(policy.clone()), "test".into(), 1, Default::default())
+        ConnOutbound::new(Some(policy.clone()), denials())
+    }
+
+    fn denials() -> Arc<Denials> {
+        Arc::new(Denials::new("test".into(), 1, Default::default()))
     }
 
     fn connect(conn: &ConnOutbound, addr: &str) -> bool {
@@ -527,7 +364,7 @@ mod tests {
         assert!(!connect(&conn, "127.0.0.1:6380"));
         assert!(!connect(&conn, "127.0.0.2:6379"));
         assert!(!connect(&conn, "10.2.0.1:80"));
-        assert_eq!(conn.counters.outbound_denied.load(Relaxed), 3);
+        assert_eq!(conn.denials.counters().outbound_denied.load(Relaxed), 3);
     }
 
     #[test]
@@ -592,7 +429,7 @@ mod tests {
         assert!(conn.allows(any, SocketAddrUse::TcpBind));
         assert!(!conn.allows("0.0.0.0:8080".parse().unwrap(), SocketAddrUse::TcpBind));
         assert!(!conn.allows("127.0.0.1:1".parse().unwrap(), SocketAddrUse::UdpSend));
-        let ungranted = ConnOutbound::new(None, "test".into(), 1, Default::default());
+        let ungranted = ConnOutbound::new(None, denials());
         assert!(!ungranted.open_socket());
     }
 

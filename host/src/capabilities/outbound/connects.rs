@@ -5,7 +5,7 @@
 //! to shorten it. So the host bounds the wait where the plugin waits: a
 //! socket that starts connecting gets a deadline, a `wasi:io/poll` wait on
 //! that socket's pollables ends at the deadline, and from then on
-//! `finish-connect` fails with `timeout` (see [`crate::sandbox::plugin`], which puts
+//! `finish-connect` fails with `timeout` (see [`super::host`], which puts
 //! these checks in front of wasmtime-wasi's calls).
 //!
 //! Sockets and pollables are known by their resource ids, which the table

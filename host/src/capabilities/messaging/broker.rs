@@ -1,11 +1,6 @@
-//! Messages between connections: the host side of `portico:plugin/pubsub`.
-//!
-//! One broker per process carries messages from publishers to the
-//! subscriptions of every service. A plugin may use only the topics its
-//! service is granted (`grants.messaging`). Each subscription has a queue
-//! bounded in bytes: a message that finds it full is dropped and counted
-//! (`portico_messages_dropped_total`), so a slow subscriber never grows the
-//! host's memory, and a fast publisher is held back only by its CPU budget.
+//! The broker: carries messages from publishers to the subscriptions of
+//! every service, within this process or through NATS, each subscription
+//! with a queue bounded in bytes.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -14,86 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::Resource;
-use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+use wasmtime_wasi::p2::Pollable;
 
-use crate::capabilities::outbound::Capability;
+use super::bindings::portico::plugin::pubsub::{Error, Message};
+use super::{Backend, QUEUE_BYTES};
 use crate::ops::counters::{Counters, count};
-use crate::sandbox::ConnState;
-use crate::sandbox::bindings::portico::plugin::pubsub::{self, Error, Message};
-
-/// Largest payload, in bytes.
-pub const MAX_PAYLOAD: usize = 64 << 10;
-/// Bytes of payload one subscription's queue holds at most.
-pub const QUEUE_BYTES: usize = 256 << 10;
-/// Subscriptions one connection may hold at once.
-pub const MAX_SUBSCRIPTIONS: usize = 16;
-/// Longest topic, in bytes.
-const MAX_TOPIC: usize = 256;
-
-/// A topic pattern from `grants.messaging`: dot-separated words, where `*`
-/// stands for any one word and a final `>` for one or more.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pattern(Vec<String>);
-
-impl std::str::FromStr for Pattern {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Pattern, String> {
-        let words: Vec<String> = text.split('.').map(str::to_string).collect();
-        let last = words.len() - 1;
-        let valid = words
-            .iter()
-            .enumerate()
-            .all(|(i, word)| is_word(word) || word == "*" || (word == ">" && i == last));
-        if !valid {
-            return Err(format!(
-                "{text:?} is not a topic pattern: write dot-separated words, `*` for any one word \
-                 and a final `>` for the rest, like rooms.*"
-            ));
-        }
-        Ok(Pattern(words))
-    }
-}
-
-impl Pattern {
-    fn matches(&self, topic: &[&str]) -> bool {
-        let mut words = topic.iter();
-        for (i, pattern) in self.0.iter().enumerate() {
-            if pattern == ">" {
-                return topic.len() > i;
-            }
-            match words.next() {
-                Some(word) if pattern == "*" || pattern == word => {}
-                _ => return false,
-            }
-        }
-        words.next().is_none()
-    }
-}
-
-fn is_word(word: &str) -> bool {
-    !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// The words of `topic`, if it is a topic (no wildcards).
-fn topic_words(topic: &str) -> Option<Vec<&str>> {
-    let words: Vec<&str> = topic.split('.').collect();
-    (topic.len() <= MAX_TOPIC && words.iter().all(|word| is_word(word))).then_some(words)
-}
-
-/// Where messages go, from the config's `[messaging]` table.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum Backend {
-    /// Within this process.
-    #[default]
-    Memory,
-    /// Through a NATS server, to every host subscribed to the topic.
-    Nats(String),
-}
 
 /// Longest a plugin's call waits on the NATS server.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,7 +79,7 @@ impl Broker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn subscribe(
+    pub(super) async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         counters: Arc<Counters>,
@@ -218,7 +138,7 @@ impl Broker {
         Ok(queue)
     }
 
-    async fn publish(&self, message: Message) -> Result<(), Error> {
+    pub(super) async fn publish(&self, message: Message) -> Result<(), Error> {
         match &self.nats {
             Some(nats) => {
                 let published = async {
@@ -312,14 +232,14 @@ impl Drop for Queue {
 }
 
 #[derive(Default)]
-struct QueueState {
+pub(super) struct QueueState {
     messages: VecDeque<Arc<Message>>,
     bytes: usize,
-    dropped: u64,
+    pub(super) dropped: u64,
 }
 
 impl Queue {
-    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -338,7 +258,7 @@ impl Queue {
         self.ready.notify_waiters();
     }
 
-    fn pop(&self) -> Option<Arc<Message>> {
+    pub(super) fn pop(&self) -> Option<Arc<Message>> {
         let mut state = self.state();
         let message = state.messages.pop_front()?;
         state.bytes -= queued_size(&message);
@@ -354,7 +274,7 @@ fn queued_size(message: &Message) -> usize {
 }
 
 /// A plugin's subscription: the resource behind `pubsub.subscription`.
-pub struct Subscription(Arc<Queue>);
+pub struct Subscription(pub(super) Arc<Queue>);
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Subscription {
@@ -372,133 +292,12 @@ impl Pollable for Subscription {
     }
 }
 
-/// A service's messaging grant, shared by its connections.
-pub struct Grant {
-    pub broker: Arc<Broker>,
-    pub patterns: Vec<Pattern>,
-}
-
-/// One connection's use of messaging.
-pub struct ConnMessaging {
-    /// `None` when the service has no messaging grant.
-    grant: Option<Arc<Grant>>,
-    counters: Arc<Counters>,
-    subscriptions: usize,
-}
-
-impl ConnMessaging {
-    pub fn new(grant: Option<Arc<Grant>>, counters: Arc<Counters>) -> Self {
-        Self {
-            grant,
-            counters,
-            subscriptions: 0,
-        }
-    }
-
-    /// The broker, if `topic` is a topic the service is granted.
-    fn granted(&self, topic: &str) -> Option<&Arc<Broker>> {
-        let grant = self.grant.as_ref()?;
-        let words = topic_words(topic)?;
-        grant
-            .patterns
-            .iter()
-            .any(|pattern| pattern.matches(&words))
-            .then_some(&grant.broker)
-    }
-}
-
-impl pubsub::Host for ConnState {
-    async fn subscribe(
-        &mut self,
-        topic: String,
-    ) -> wasmtime::Result<Result<Resource<Subscription>, Error>> {
-        let messaging = &mut self.messaging;
-        let Some(broker) = messaging.granted(&topic).cloned() else {
-            count(&messaging.counters.messaging_denied);
-            return Ok(Err(Error::AccessDenied));
-        };
-        if messaging.subscriptions >= MAX_SUBSCRIPTIONS {
-            let problem = format!("{MAX_SUBSCRIPTIONS} subscriptions per connection");
-            self.outbound.limit_hit(Capability::Messaging, &problem);
-            return Ok(Err(Error::Limit(problem)));
-        }
-        let queue = match broker.subscribe(&topic, messaging.counters.clone()).await {
-            Ok(queue) => queue,
-            Err(error) => return Ok(Err(error)),
-        };
-        messaging.subscriptions += 1;
-        Ok(Ok(self.table.push(Subscription(queue))?))
-    }
-
-    async fn publish(
-        &mut self,
-        topic: String,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), Error>> {
-        let messaging = &self.messaging;
-        let Some(broker) = messaging.granted(&topic).cloned() else {
-            count(&messaging.counters.messaging_denied);
-            return Ok(Err(Error::AccessDenied));
-        };
-        if payload.len() > MAX_PAYLOAD {
-            let problem = format!(
-                "payload of {} bytes, more than the {MAX_PAYLOAD} allowed",
-                payload.len()
-            );
-            self.outbound.limit_hit(Capability::Messaging, &problem);
-            return Ok(Err(Error::Limit(problem)));
-        }
-        Ok(broker.publish(Message { topic, payload }).await)
-    }
-}
-
-impl pubsub::HostSubscription for ConnState {
-    async fn receive(
-        &mut self,
-        subscription: Resource<Subscription>,
-    ) -> wasmtime::Result<Option<Message>> {
-        let queue = &self.table.get(&subscription)?.0;
-        Ok(queue.pop().map(|message| Message::clone(&message)))
-    }
-
-    async fn dropped(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<u64> {
-        let queue = &self.table.get(&subscription)?.0;
-        Ok(std::mem::take(&mut queue.state().dropped))
-    }
-
-    async fn subscribe(
-        &mut self,
-        subscription: Resource<Subscription>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
-        subscribe(&mut self.table, subscription)
-    }
-
-    async fn drop(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<()> {
-        self.table.delete(subscription)?;
-        self.messaging.subscriptions -= 1;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
-
-    #[test]
-    fn patterns_match_words() {
-        let pattern: Pattern = "rooms.*".parse().unwrap();
-        assert!(pattern.matches(&["rooms", "lobby"]));
-        assert!(!pattern.matches(&["rooms"]));
-        assert!(!pattern.matches(&["rooms", "a", "b"]));
-        let rest: Pattern = "chat.>".parse().unwrap();
-        assert!(rest.matches(&["chat", "a", "b"]));
-        assert!(!rest.matches(&["chat"]));
-        assert!("rooms.>.x".parse::<Pattern>().is_err());
-        assert!("rooms..x".parse::<Pattern>().is_err());
-        assert!(topic_words("rooms.*").is_none());
-    }
+    use crate::capabilities::messaging::MAX_PAYLOAD;
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
