@@ -25,7 +25,7 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use super::bindings::{Handler, HandlerPre};
 use super::cache::{self, Cache, Key};
 use super::engine::pool_hint;
-use super::store::{self, ConnState};
+use super::store::{self, ConnState, PROVIDED};
 use crate::capabilities::settings::SettingsCtx;
 
 /// A plugin compiled, checked against the `portico:plugin/handler` world
@@ -188,24 +188,6 @@ impl Plugin {
         }
     }
 }
-
-/// The interfaces the host provides, by package, with the versions it
-/// links: what a plugin importing another version is told. Kept beside the
-/// linker set-up above, which it describes.
-const PROVIDED: &[(&str, &str)] = &[
-    ("wasi:io", "0.2.0 to 0.2.12"),
-    ("wasi:clocks", "0.2.0 to 0.2.12"),
-    ("wasi:random", "0.2.0 to 0.2.12"),
-    ("wasi:cli", "0.2.0 to 0.2.12"),
-    (
-        "wasi:filesystem",
-        "0.2.0 to 0.2.12 (no directories are preopened)",
-    ),
-    ("wasi:sockets", "0.2.0 to 0.2.12 (outbound TCP as granted)"),
-    ("wasi:keyvalue", "0.2.0-draft (store, atomics, batch)"),
-    ("wasi:config", "0.2.0-rc.1 and 0.2.0-draft-2024-09-27"),
-    ("portico:plugin", "0.3.0 (and 0.2.0's pubsub)"),
-];
 
 /// A hint at the fix for a failed link, from wasmtime's error text, which
 /// names the missing import in backticks (`wasi:http/types@0.2.3`).

@@ -169,6 +169,24 @@ pub fn add_to_linker(linker: &mut Linker<ConnState>) -> Result<()> {
     settings::add_to_linker(linker)
 }
 
+/// The interfaces the host provides, by package, with the versions it
+/// links: what a plugin importing another version is told. Kept beside
+/// [`add_to_linker`], which it describes.
+pub(super) const PROVIDED: &[(&str, &str)] = &[
+    ("wasi:io", "0.2.0 to 0.2.12"),
+    ("wasi:clocks", "0.2.0 to 0.2.12"),
+    ("wasi:random", "0.2.0 to 0.2.12"),
+    ("wasi:cli", "0.2.0 to 0.2.12"),
+    (
+        "wasi:filesystem",
+        "0.2.0 to 0.2.12 (no directories are preopened)",
+    ),
+    ("wasi:sockets", "0.2.0 to 0.2.12 (outbound TCP as granted)"),
+    ("wasi:keyvalue", "0.2.0-draft (store, atomics, batch)"),
+    ("wasi:config", "0.2.0-rc.1 and 0.2.0-draft-2024-09-27"),
+    ("portico:plugin", "0.3.0 (and 0.2.0's pubsub)"),
+];
+
 impl ConnState {
     /// The resource table, where the socket's streams are put for `run`.
     pub fn table(&mut self) -> &mut ResourceTable {

@@ -16,6 +16,14 @@ use super::{KvError, MAX_BATCH, OpenBucket, check_key_size, check_value_size, to
 /// busy for milliseconds per MiB.)
 pub(super) fn add_to_linker<T: KeyValueView>(linker: &mut Linker<T>) -> Result<()> {
     linker.allow_shadowing(true);
+    check_set(linker)?;
+    check_batches(linker)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `bucket.set`, which checks its key and value before copying them.
+fn check_set<T: KeyValueView>(linker: &mut Linker<T>) -> Result<()> {
     linker.instance(KEYVALUE_STORE_INTERFACE)?.func_wrap_async(
         "[method]bucket.set",
         |mut store, (bucket, key, value): (Resource<OpenBucket>, WasmStr, WasmList<u8>)| {
@@ -34,6 +42,12 @@ pub(super) fn add_to_linker<T: KeyValueView>(linker: &mut Linker<T>) -> Result<(
             })
         },
     )?;
+    Ok(())
+}
+
+/// The batch calls, which check the list's length before reading it, and
+/// each key and value before copying it.
+fn check_batches<T: KeyValueView>(linker: &mut Linker<T>) -> Result<()> {
     let mut batch = linker.instance(KEYVALUE_BATCH_INTERFACE)?;
     batch.func_wrap_async(
         "set-many",
@@ -99,7 +113,6 @@ pub(super) fn add_to_linker<T: KeyValueView>(linker: &mut Linker<T>) -> Result<(
             })
         },
     )?;
-    linker.allow_shadowing(false);
     Ok(())
 }
 

@@ -62,13 +62,11 @@ impl HasData for HasKeyValue {
     type Data<'a> = KeyValueCtxView<'a>;
 }
 
-/// Links `wasi:keyvalue` (store, atomics, batch) for stores whose data
-/// reaches a [`KeyValueCtx`].
-pub fn add_to_linker<T: KeyValueView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+/// Links the generated `wasi:keyvalue` calls (store, atomics, batch).
+pub(super) fn add_to_linker<T: KeyValueView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     store::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue)?;
     atomics::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue)?;
-    batch::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue)?;
-    super::checked::add_to_linker(linker)
+    batch::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue)
 }
 
 impl KeyValueCtxView<'_> {

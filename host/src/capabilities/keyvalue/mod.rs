@@ -21,7 +21,7 @@ mod host;
 mod memory;
 mod redis;
 
-pub use host::{KeyValueCtx, KeyValueCtxView, KeyValueView, add_to_linker};
+pub use host::{KeyValueCtx, KeyValueCtxView, KeyValueView};
 
 /// The host side of `wasi:keyvalue`, generated from the contract's copy of
 /// it; the handler world's bindings use these.
@@ -48,6 +48,16 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Keys one `list-keys` call returns at most; the cursor gives the rest.
 const PAGE: usize = 1000;
+
+/// Links `wasi:keyvalue` (store, atomics, batch) for stores whose data
+/// reaches a [`KeyValueCtx`]: the generated calls, then the checked ones
+/// in front of those that take keys and values.
+pub fn add_to_linker<T: KeyValueView>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    host::add_to_linker(linker)?;
+    checked::add_to_linker(linker)
+}
 
 /// Where a bucket lives, and its limits, as the config gives them.
 #[derive(Clone, Debug, PartialEq)]

@@ -66,11 +66,9 @@ impl HasData for HasMessaging {
     type Data<'a> = MessagingCtxView<'a>;
 }
 
-/// Links `portico:plugin/pubsub`, at the contract's version and at 0.2.0's,
-/// for stores whose data reaches a [`MessagingCtx`].
-pub fn add_to_linker<T: MessagingView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    pubsub::add_to_linker::<T, HasMessaging>(linker, T::messaging)?;
-    super::v0_2::add_to_linker(linker)
+/// Links `portico:plugin/pubsub` at the contract's version.
+pub(super) fn add_to_linker<T: MessagingView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    pubsub::add_to_linker::<T, HasMessaging>(linker, T::messaging)
 }
 
 impl pubsub::Host for MessagingCtxView<'_> {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 mod broker;
 mod host;
-pub mod v0_2;
+mod v0_2;
 
 pub use broker::{Broker, Subscription};
-pub use host::{MessagingCtx, MessagingCtxView, MessagingView, add_to_linker};
+pub use host::{MessagingCtx, MessagingCtxView, MessagingView};
 
 /// The host side of `portico:plugin/pubsub`, generated from the contract;
 /// the handler world's bindings use these.
@@ -36,6 +36,15 @@ pub mod bindings {
             "portico:plugin/pubsub.subscription": super::Subscription,
         },
     });
+}
+
+/// Links `portico:plugin/pubsub`, at the contract's version and at 0.2.0's,
+/// for stores whose data reaches a [`MessagingCtx`].
+pub fn add_to_linker<T: MessagingView>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    host::add_to_linker(linker)?;
+    v0_2::add_to_linker(linker)
 }
 
 /// Largest payload, in bytes.

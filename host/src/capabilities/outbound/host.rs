@@ -42,13 +42,21 @@ pub trait OutboundView: Send + 'static {
 }
 
 /// Puts the host's checks in front of wasmtime-wasi's sockets and waits,
-/// which `linker` must hold already. A `wasi:io/poll` call may wait on at
-/// most `max_poll_list` pollables: as many as a plugin may hold, since a
-/// longer list only repeats them and makes the host copy and walk it in
-/// one go.
+/// which `linker` must hold already ([`ConnOutbound`] decides): creating a
+/// socket counts against the limits, a lookup needs a rule that names the
+/// name, and bind and listen are refused outright, since a plugin serves
+/// the connection the host accepted and accepts none of its own. Connects
+/// are checked by wasmtime-wasi itself, through the store's socket address
+/// check; the host only gives them a deadline ([`Connects`]). A
+/// `wasi:io/poll` call may wait on at most `max_poll_list` pollables: as
+/// many as a plugin may hold, since a longer list only repeats them and
+/// makes the host copy and walk it in one go.
 pub fn add_to_linker<T: OutboundView>(linker: &mut Linker<T>, max_poll_list: usize) -> Result<()> {
     bound_poll(linker, max_poll_list)?;
-    guard_sockets(linker)
+    bound_pollable(linker)?;
+    guard_socket_creation(linker)?;
+    guard_tcp(linker)?;
+    guard_lookups(linker)
 }
 
 /// Replaces wasmtime-wasi's waits with ones that refuse (trap on) a list
@@ -100,6 +108,15 @@ fn bound_poll<T: OutboundView>(linker: &mut Linker<T>, max_poll_list: usize) -> 
             })
         },
     )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A pollable's own waits (`block`, `ready`) end at the deadline of the
+/// connect they wait on, as `poll` does; a dropped pollable is forgotten.
+fn bound_pollable<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let mut poll = linker.instance(POLL_INTERFACE)?;
     poll.func_wrap_async(
         "[method]pollable.block",
         |mut store, (pollable,): (Resource<DynPollable>,)| {
@@ -146,14 +163,9 @@ fn bound_poll<T: OutboundView>(linker: &mut Linker<T>, max_poll_list: usize) -> 
     Ok(())
 }
 
-/// Puts the host's checks in front of wasmtime-wasi's TCP sockets and name
-/// lookups ([`ConnOutbound`] decides): creating a socket counts against
-/// the limits, a lookup needs a rule that names the name, and bind and
-/// listen are refused outright, since a plugin serves the connection the
-/// host accepted and accepts none of its own. Connects are checked by
-/// wasmtime-wasi itself, through the store's socket address check; the
-/// host only gives them a deadline ([`Connects`]).
-fn guard_sockets<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
+/// Creating a socket counts against the connection's and the service's
+/// limits.
+fn guard_socket_creation<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.instance(TCP_CREATE_SOCKET_INTERFACE)?.func_wrap(
         "create-tcp-socket",
@@ -170,6 +182,14 @@ fn guard_sockets<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
             Ok((error_code(created)?,))
         },
     )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Bind and listen are refused; a connect gets a deadline, kept with its
+/// socket and pollables until they are dropped.
+fn guard_tcp<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
+    linker.allow_shadowing(true);
     let mut tcp = linker.instance(TCP_INTERFACE)?;
     tcp.func_wrap(
         "[method]tcp-socket.start-bind",
@@ -241,6 +261,14 @@ fn guard_sockets<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
             tcp::HostTcpSocket::drop(&mut state.sockets, Resource::new_own(rep))
         },
     )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A lookup needs a rule that names the name; what it resolves to may be
+/// reached on that rule's ports.
+fn guard_lookups<T: OutboundView>(linker: &mut Linker<T>) -> Result<()> {
+    linker.allow_shadowing(true);
     let mut lookup = linker.instance(NAME_LOOKUP_INTERFACE)?;
     lookup.func_wrap(
         "resolve-addresses",
