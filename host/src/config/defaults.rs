@@ -87,10 +87,12 @@ impl Bounds {
 /// The durations a setting accepts, from its flag and its file key alike.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum DurationBounds {
-    /// Zero too: a drain of zero stops live connections at once.
+    /// Zero too. A drain of zero stops live connections at once; a
+    /// lifetime or handshake timeout of zero closes each connection as it
+    /// comes, which the flags always allowed and the file now does too.
     AnyLength,
-    /// A budget or timeout of zero would end every connection before it
-    /// starts.
+    /// Zero would stop every connection's plugin, or every outbound connect,
+    /// before it starts.
     LongerThanZero,
 }
 
@@ -120,18 +122,20 @@ pub struct DurationSetting {
     pub bounds: DurationBounds,
 }
 
+/// Up to what a u32 holds: the server serves at most what its address
+/// space allows and says so, whatever is asked.
 pub const MAX_CONNECTIONS: CountSetting = CountSetting {
     default: 1000,
     bounds: Bounds {
         min: 1,
-        max: 1_000_000,
+        max: u32::MAX,
     },
 };
 pub const MAX_QUEUED: CountSetting = CountSetting {
     default: 1000,
     bounds: Bounds {
         min: 0,
-        max: 1_000_000,
+        max: u32::MAX,
     },
 };
 /// In MiB.
@@ -151,13 +155,16 @@ pub const LOG_LINES_PER_SECOND: CountSetting = CountSetting {
 };
 pub const MAX_OUTBOUND_SOCKETS: CountSetting = CountSetting {
     default: 8,
-    bounds: Bounds { min: 0, max: 1000 },
+    bounds: Bounds {
+        min: 0,
+        max: u32::MAX,
+    },
 };
 pub const MAX_OUTBOUND_SOCKETS_PER_SERVICE: CountSetting = CountSetting {
     default: 1024,
     bounds: Bounds {
         min: 0,
-        max: 1_000_000,
+        max: u32::MAX,
     },
 };
 /// A bucket's `max-keys` and `max-bytes` (their defaults are
@@ -177,7 +184,7 @@ pub const IDLE_TIMEOUT: DurationSetting = DurationSetting {
     bounds: DurationBounds::LongerThanZero,
 };
 /// Off unless given, so it has no default.
-pub const MAX_LIFETIME: DurationBounds = DurationBounds::LongerThanZero;
+pub const MAX_LIFETIME: DurationBounds = DurationBounds::AnyLength;
 pub const DRAIN_TIMEOUT: DurationSetting = DurationSetting {
     default: Duration::from_secs(30),
     bounds: DurationBounds::AnyLength,
@@ -188,7 +195,7 @@ pub const CONNECT_TIMEOUT: DurationSetting = DurationSetting {
 };
 pub const TLS_HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting {
     default: crate::net::tls::DEFAULT_HANDSHAKE_TIMEOUT,
-    bounds: DurationBounds::LongerThanZero,
+    bounds: DurationBounds::AnyLength,
 };
 pub const PROXY_PROTOCOL_TIMEOUT: DurationSetting = DurationSetting {
     default: crate::net::proxy_protocol::DEFAULT_TIMEOUT,
