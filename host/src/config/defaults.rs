@@ -1,7 +1,7 @@
 //! The default and the accepted values of every setting, each written once.
 //!
 //! A setting can come from a flag ([`crate::cli`]) or from a key of the
-//! config file ([`super::check`]); both read their defaults and their
+//! config file (`config::check`); both read their defaults and their
 //! bounds here, so the two cannot drift apart (they had: the file refused
 //! `max-connections = 2000000`, the flag took it).
 
