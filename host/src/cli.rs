@@ -1,22 +1,29 @@
 //! Command-line flags: every setting an operator can give, with its default
-//! and unit. [`Args::config`] checks them and turns them into what the
-//! host serves: the config file's services, or the one service the flags
-//! describe, before anything listens.
+//! and unit. [`Args::config`] turns them into what the host serves: the
+//! config file's services, or the one service the flags describe, before
+//! anything listens.
+//!
+//! Defaults and accepted values come from [`config::defaults`], as the
+//! config file's do; a value out of bounds is refused while the flags are
+//! parsed, with the same words the file's checks use.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use clap::Parser;
+use clap::{Args as FlagGroup, Parser};
 use ipnet::IpNet;
 
-use crate::capabilities::keyvalue::{self, BackendSpec, BucketSpec};
+use crate::capabilities::keyvalue::{BackendSpec, BucketSpec};
 use crate::capabilities::messaging::Pattern;
 use crate::capabilities::outbound::Rule;
-use crate::config::Limits;
-use crate::config::{self, Config, LogFormat, PeerFilter};
-use crate::net::proxy_protocol::{self, ProxySpec};
+use crate::config::defaults::{
+    self, CONNECT_TIMEOUT, CPU_BUDGET, DRAIN_TIMEOUT, DurationBounds, IDLE_TIMEOUT,
+    LOG_LINES_PER_SECOND, MAX_CONNECTIONS, MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS,
+    MAX_OUTBOUND_SOCKETS_PER_SERVICE, MAX_QUEUED, TLS_HANDSHAKE_TIMEOUT,
+};
+use crate::config::{self, Config, Limits, LogFormat, PeerFilter};
+use crate::net::proxy_protocol::ProxySpec;
 use crate::net::tls::{CertificateFiles, TlsSpec};
 use crate::server::Source;
 
@@ -43,6 +50,26 @@ pub struct Args {
     #[arg(long, short = 'c', value_name = "PATH", conflicts_with = "plugin")]
     pub config_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub process: ProcessFlags,
+
+    #[command(flatten)]
+    pub service: ServiceFlags,
+
+    #[command(flatten)]
+    pub limits: LimitFlags,
+
+    #[command(flatten)]
+    pub grants: GrantFlags,
+
+    #[command(flatten)]
+    pub front_door: FrontDoorFlags,
+}
+
+/// What the whole process does besides serving: admin endpoint, logs and
+/// the compile cache.
+#[derive(Debug, FlagGroup)]
+pub struct ProcessFlags {
     /// Serve the admin endpoint (health, readiness, metrics, reload) on
     /// this address. Off unless given; in a config file, `[admin] listen`.
     #[arg(long, value_name = "ADDR", conflicts_with = "config_file")]
@@ -62,13 +89,17 @@ pub struct Args {
     /// file, `[cache] enabled = false`.
     #[arg(long, conflicts_with_all = ["config_file", "cache_dir"])]
     pub no_cache: bool,
+}
 
+/// Where the one service listens and what its plugin reads.
+#[derive(Debug, FlagGroup)]
+pub struct ServiceFlags {
     /// Address to listen on. Port 0 picks a free port; the address actually
     /// bound is printed as `listening on ADDR`.
     #[arg(
         long,
         value_name = "ADDR",
-        default_value = "127.0.0.1:9000",
+        default_value_t = defaults::LISTEN,
         conflicts_with = "config_file"
     )]
     pub listen: SocketAddr,
@@ -77,68 +108,70 @@ pub struct Args {
     /// more settings; a later value for the same key wins.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting, conflicts_with = "config_file")]
     pub config: Vec<(String, String)>,
+}
 
+/// What one connection, and the service's connections together, may use.
+#[derive(Debug, FlagGroup)]
+pub struct LimitFlags {
     /// Connections served at once. The instance pool is sized for exactly
     /// this many, so an admitted connection always gets its instance.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1000,
-        conflicts_with = "config_file"
-    )]
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS.default, value_parser = MAX_CONNECTIONS.bounds.parser(), conflicts_with = "config_file")]
     pub max_connections: u32,
 
     /// Connections held, accepted but waiting, while --max-connections are
     /// being served. Past this, a new connection is accepted and closed at
     /// once, and counted as refused.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1000,
-        conflicts_with = "config_file"
-    )]
+    #[arg(long, value_name = "N", default_value_t = MAX_QUEUED.default, value_parser = MAX_QUEUED.bounds.parser(), conflicts_with = "config_file")]
     pub max_queued: u32,
 
     /// Largest linear memory of one plugin instance, in MiB. Growing past it
     /// fails inside the plugin, as `memory.grow` returning -1.
-    #[arg(
-        long,
-        value_name = "MIB",
-        default_value_t = 64,
-        conflicts_with = "config_file"
-    )]
+    #[arg(long, value_name = "MIB", default_value_t = MAX_MEMORY.default, value_parser = MAX_MEMORY.bounds.parser(), conflicts_with = "config_file")]
     pub max_memory: u32,
 
     /// Time a connection's plugin may spend running (computing, not waiting
     /// for input); then it is stopped and the connection closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub cpu_budget: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = CPU_BUDGET.default.into(), value_parser = duration_parser(CPU_BUDGET.bounds), conflicts_with = "config_file")]
+    pub cpu_budget: humantime::Duration,
 
     /// Close a connection when no byte has moved in either direction for
     /// this long.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub idle_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = IDLE_TIMEOUT.default.into(), value_parser = duration_parser(IDLE_TIMEOUT.bounds), conflicts_with = "config_file")]
+    pub idle_timeout: humantime::Duration,
 
     /// Close a connection this long after it was accepted, whatever it is
     /// doing. Off unless given.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub max_lifetime: Option<Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_parser(MAX_LIFETIME), conflicts_with = "config_file")]
+    pub max_lifetime: Option<humantime::Duration>,
 
     /// On SIGINT or SIGTERM, how long live connections may take to finish
     /// before they are stopped. A second signal stops them at once.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub drain_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DRAIN_TIMEOUT.default.into(), value_parser = duration_parser(DRAIN_TIMEOUT.bounds), conflicts_with = "config_file")]
+    pub drain_timeout: humantime::Duration,
 
     /// Lines per second one connection's plugin may write to stdout and
     /// stderr together; the rest are dropped and counted in the log.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 100,
-        conflicts_with = "config_file"
-    )]
+    #[arg(long, value_name = "N", default_value_t = LOG_LINES_PER_SECOND.default, value_parser = LOG_LINES_PER_SECOND.bounds.parser(), conflicts_with = "config_file")]
     pub log_lines_per_second: u32,
 
+    /// Outbound sockets one connection's plugin may open over its life.
+    #[arg(long, value_name = "N", default_value_t = MAX_OUTBOUND_SOCKETS.default, value_parser = MAX_OUTBOUND_SOCKETS.bounds.parser(), conflicts_with = "config_file")]
+    pub max_outbound_sockets: u32,
+
+    /// Outbound sockets the service's connections may hold at once (each
+    /// held until its connection ends).
+    #[arg(long, value_name = "N", default_value_t = MAX_OUTBOUND_SOCKETS_PER_SERVICE.default, value_parser = MAX_OUTBOUND_SOCKETS_PER_SERVICE.bounds.parser(), conflicts_with = "config_file")]
+    pub max_outbound_sockets_per_service: u32,
+
+    /// How long a plugin's outbound connect may take; then it fails with
+    /// `timeout`.
+    #[arg(long, value_name = "DURATION", default_value_t = CONNECT_TIMEOUT.default.into(), value_parser = duration_parser(CONNECT_TIMEOUT.bounds), conflicts_with = "config_file")]
+    pub connect_timeout: humantime::Duration,
+}
+
+/// What the plugin may reach beyond its connection: nothing unless granted.
+#[derive(Debug, FlagGroup)]
+pub struct GrantFlags {
     /// Let the plugin connect to HOST:PORT, where HOST is an IP address
     /// ([IPv6]), a CIDR network, a name or *.domain. Repeat for more. Nothing
     /// is reachable unless granted. In a config file, `grants.outbound`.
@@ -157,26 +190,12 @@ pub struct Args {
     /// In a config file, `grants.messaging`.
     #[arg(long, value_name = "PATTERN", conflicts_with = "config_file")]
     pub allow_messaging: Vec<Pattern>,
+}
 
-    /// Outbound sockets one connection's plugin may open over its life.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 8,
-        conflicts_with = "config_file"
-    )]
-    pub max_outbound_sockets: u32,
-
-    /// Outbound sockets the service's connections may hold at once (each
-    /// held until its connection ends).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1024,
-        conflicts_with = "config_file"
-    )]
-    pub max_outbound_sockets_per_service: u32,
-
+/// What happens on a connection before the plugin sees it: TLS, and a
+/// PROXY protocol header.
+#[derive(Debug, FlagGroup)]
+pub struct FrontDoorFlags {
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(
         long,
@@ -214,19 +233,14 @@ pub struct Args {
     pub tls_alpn: Vec<String>,
 
     /// How long a client may take over its TLS handshake.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub tls_handshake_timeout: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = TLS_HANDSHAKE_TIMEOUT.default.into(), value_parser = duration_parser(TLS_HANDSHAKE_TIMEOUT.bounds), conflicts_with = "config_file")]
+    pub tls_handshake_timeout: humantime::Duration,
 
     /// Expect a PROXY protocol header (version 1 or 2) at the start of
     /// every connection, sent by a proxy in this network (CIDR or address;
     /// repeatable). Connections from anywhere else are refused.
     #[arg(long, value_name = "NETWORK", value_parser = parse_network, conflicts_with = "config_file")]
     pub proxy_protocol_from: Vec<IpNet>,
-
-    /// How long a plugin's outbound connect may take; then it fails with
-    /// `timeout`.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, conflicts_with = "config_file")]
-    pub connect_timeout: Duration,
 }
 
 impl Args {
@@ -239,56 +253,78 @@ impl Args {
         let Some(plugin) = &self.plugin else {
             bail!("give --plugin PATH or --config-file PATH");
         };
-        let limits = self.limits()?;
-        let name = plugin
-            .file_stem()
-            .map(|stem| {
-                stem.to_string_lossy()
-                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-            })
-            .unwrap_or_else(|| "default".into());
-        let cache_dir = match (&self.cache_dir, self.no_cache) {
-            (_, true) => None,
-            (Some(dir), false) => Some(dir.clone()),
-            (None, false) => config::default_cache_dir(),
-        };
+        let limits = self.limits.limits()?;
         let config = Config {
-            admin: self.admin,
+            admin: self.process.admin,
             drain_timeout: limits.drain_timeout,
-            log_format: self.log_format.unwrap_or_default(),
-            cache_dir,
+            log_format: self.process.log_format.unwrap_or_default(),
+            cache_dir: self.process.cache_dir(),
             services: vec![config::Service {
-                name,
+                name: service_name(plugin),
                 plugin: plugin.clone(),
-                listen: vec![self.listen],
+                listen: vec![self.service.listen],
                 limits,
-                settings: self.config.iter().cloned().collect(),
+                settings: self.service.config.iter().cloned().collect(),
                 peers: PeerFilter::default(),
-                outbound: self.allow_outbound.clone(),
-                keyvalue: self
-                    .allow_keyvalue
-                    .iter()
-                    .map(|name| BucketSpec {
-                        name: name.clone(),
-                        backend: BackendSpec::Memory,
-                        max_keys: keyvalue::DEFAULT_MAX_KEYS,
-                        max_bytes: keyvalue::DEFAULT_MAX_BYTES,
-                    })
-                    .collect(),
-                messaging: self.allow_messaging.clone(),
-                tls: self.tls(),
-                proxy_protocol: (!self.proxy_protocol_from.is_empty()).then(|| ProxySpec {
-                    v1: true,
-                    v2: true,
-                    trusted: self.proxy_protocol_from.clone(),
-                    timeout: proxy_protocol::DEFAULT_TIMEOUT,
-                }),
+                outbound: self.grants.allow_outbound.clone(),
+                keyvalue: self.grants.buckets(),
+                messaging: self.grants.allow_messaging.clone(),
+                tls: self.front_door.tls(),
+                proxy_protocol: self.front_door.proxy_protocol(),
             }],
             messaging: Default::default(),
         };
         Ok((config, Source::Flags))
     }
+}
 
+impl ProcessFlags {
+    /// Where compiled plugins go; `None` with `--no-cache`.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        match (&self.cache_dir, self.no_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir.clone()),
+            (None, false) => config::default_cache_dir(),
+        }
+    }
+}
+
+impl LimitFlags {
+    /// The limits the flags ask for; each was checked as it was parsed.
+    fn limits(&self) -> Result<Limits> {
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_queued: self.max_queued,
+            memory_bytes: defaults::memory_bytes(self.max_memory)?,
+            cpu_budget: *self.cpu_budget,
+            idle_timeout: *self.idle_timeout,
+            max_lifetime: self.max_lifetime.map(Into::into),
+            log_lines_per_second: self.log_lines_per_second,
+            drain_timeout: *self.drain_timeout,
+            max_outbound_sockets: self.max_outbound_sockets,
+            max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
+            connect_timeout: *self.connect_timeout,
+        })
+    }
+}
+
+impl GrantFlags {
+    /// The buckets `--allow-keyvalue` names: in memory, with the defaults
+    /// of a `[keyvalue.NAME]` table that gives nothing else.
+    fn buckets(&self) -> Vec<BucketSpec> {
+        self.allow_keyvalue
+            .iter()
+            .map(|name| BucketSpec {
+                name: name.clone(),
+                backend: BackendSpec::Memory,
+                max_keys: defaults::BUCKET_MAX_KEYS,
+                max_bytes: defaults::BUCKET_MAX_BYTES,
+            })
+            .collect()
+    }
+}
+
+impl FrontDoorFlags {
     /// The TLS the flags ask for: `--tls-cert` and `--tls-key` make the
     /// listener a TLS one.
     fn tls(&self) -> Option<TlsSpec> {
@@ -297,44 +333,32 @@ impl Args {
             certificates: vec![CertificateFiles { cert, key }],
             client_ca: self.tls_client_ca.clone(),
             alpn: self.tls_alpn.clone(),
-            handshake_timeout: self.tls_handshake_timeout,
+            handshake_timeout: *self.tls_handshake_timeout,
         })
     }
 
-    /// The limits the flags ask for, once checked to make sense together.
-    fn limits(&self) -> Result<Limits> {
-        if self.max_connections == 0 {
-            bail!("--max-connections must be at least 1");
-        }
-        if self.max_memory == 0 {
-            bail!("--max-memory must be at least 1 (MiB)");
-        }
-        if self.max_memory > config::MAX_MEMORY_MIB {
-            bail!(
-                "--max-memory must be at most {} (MiB): a wasm32 memory is no larger",
-                config::MAX_MEMORY_MIB
-            );
-        }
-        if self.cpu_budget.is_zero()
-            || self.idle_timeout.is_zero()
-            || self.connect_timeout.is_zero()
-        {
-            bail!("--cpu-budget, --idle-timeout and --connect-timeout must be longer than zero");
-        }
-        Ok(Limits {
-            max_connections: self.max_connections,
-            max_queued: self.max_queued,
-            memory_bytes: usize::try_from(u64::from(self.max_memory) << 20)?,
-            cpu_budget: self.cpu_budget,
-            idle_timeout: self.idle_timeout,
-            max_lifetime: self.max_lifetime,
-            log_lines_per_second: self.log_lines_per_second,
-            drain_timeout: self.drain_timeout,
-            max_outbound_sockets: self.max_outbound_sockets,
-            max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
-            connect_timeout: self.connect_timeout,
+    /// A PROXY protocol header of either version, if `--proxy-protocol-from`
+    /// names who may send it.
+    fn proxy_protocol(&self) -> Option<ProxySpec> {
+        (!self.proxy_protocol_from.is_empty()).then(|| ProxySpec {
+            v1: true,
+            v2: true,
+            trusted: self.proxy_protocol_from.clone(),
+            timeout: defaults::PROXY_PROTOCOL_TIMEOUT.default,
         })
     }
+}
+
+/// The service's name in logs and metrics: the plugin file's name without
+/// `.wasm`, with anything but letters, digits and `-` made `_`.
+fn service_name(plugin: &Path) -> String {
+    plugin
+        .file_stem()
+        .map(|stem| {
+            stem.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        })
+        .unwrap_or_else(|| "default".into())
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -344,13 +368,59 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{error} (write durations like 500ms, 10s or 5m)"))
+/// A clap value parser for a duration flag that accepts `bounds`.
+fn duration_parser(
+    bounds: DurationBounds,
+) -> impl Fn(&str) -> Result<humantime::Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let duration = humantime::parse_duration(text)
+            .map_err(|error| format!("{error} (write durations like 500ms, 10s or 5m)"))?;
+        bounds.check(duration).map(Into::into)
+    }
 }
 
 fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not a network: write it as CIDR, like 10.0.0.0/8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// With no limit flag, the service gets the limits of a config file
+    /// with no limit key.
+    #[test]
+    fn flags_default_to_the_files_defaults() {
+        let args = Args::try_parse_from(["host", "--plugin", "echo.wasm"]).unwrap();
+        let (config, _) = args.config().unwrap();
+        assert_eq!(config.services[0].limits, config::default_limits());
+        assert_eq!(config.services[0].listen, [defaults::LISTEN]);
+        assert_eq!(config.drain_timeout, DRAIN_TIMEOUT.default);
+    }
+
+    /// A flag out of bounds is refused as it is parsed, in the words a
+    /// config file's checks use.
+    #[test]
+    fn flags_are_held_to_the_files_bounds() {
+        let error = Args::try_parse_from(["host", "--plugin", "p.wasm", "--max-memory", "5000"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("5000 is out of range (1 to 4096)"),
+            "{error}"
+        );
+        let error = Args::try_parse_from(["host", "--plugin", "p.wasm", "--cpu-budget", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must be longer than zero"), "{error}");
+    }
 }

@@ -1,0 +1,121 @@
+//! The config file read as the host reads it, and the peer filter.
+
+use std::time::Duration;
+
+use super::*;
+use crate::capabilities::keyvalue::BackendSpec;
+
+fn check(text: &str) -> Result<Config> {
+    let file: File = toml::from_str(text)?;
+    Document {
+        path: Path::new("portico.toml"),
+        text,
+    }
+    .config(&file, Path::new("/srv"))
+}
+
+/// The README's example file uses every key, and means what it says.
+#[test]
+fn the_example_file_is_valid() {
+    let config = check(include_str!("../../../examples/portico.toml")).unwrap();
+    assert_eq!(config.admin, Some("127.0.0.1:9900".parse().unwrap()));
+    assert_eq!(config.services.len(), 3);
+    let greeter = &config.services[1];
+    assert_eq!(greeter.settings["banner"], "welcome");
+    assert!(!greeter.peers.admits("127.0.0.66".parse().unwrap()));
+    assert_eq!(greeter.outbound.len(), 3);
+    assert_eq!(greeter.messaging, vec!["rooms.*".parse().unwrap()]);
+    assert_eq!(
+        greeter.keyvalue[0].backend,
+        BackendSpec::File("/srv/../target/portico-state/sessions.db".into())
+    );
+    let web = &config.services[2];
+    let tls = web.tls.as_ref().unwrap();
+    assert_eq!(tls.alpn, ["http/1.1"]);
+    let proxy = web.proxy_protocol.as_ref().unwrap();
+    assert!(proxy.v1 && proxy.v2 && proxy.trusts("10.0.3.7".parse().unwrap()));
+    assert!(!proxy.trusts("10.1.2.3".parse().unwrap()));
+}
+
+#[test]
+fn services_inherit_defaults_and_override_them() {
+    let config = check(
+        r#"
+        [defaults]
+        idle-timeout = "20s"
+        max-connections = 50
+        [services.a]
+        plugin = "a.wasm"
+        listen = ["127.0.0.1:1"]
+        max-connections = 7
+        "#,
+    )
+    .unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.plugin, Path::new("/srv/a.wasm"));
+    assert_eq!(service.limits.max_connections, 7);
+    assert_eq!(service.limits.idle_timeout, Duration::from_secs(20));
+    assert_eq!(service.limits.cpu_budget, Duration::from_secs(10));
+}
+
+#[test]
+fn errors_name_the_line_and_the_key() {
+    let error = check(
+        "[services.a]\nplugin = \"a.wasm\"\nlisten = [\"127.0.0.1:1\"]\ncpu-budget = \"2x\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.starts_with("portico.toml:4: services.a.cpu-budget: \"2x\""),
+        "{error}"
+    );
+}
+
+/// The file accepts what the flags always took: both read one set of bounds.
+#[test]
+fn the_file_takes_the_flags_widest_values() {
+    let config = check(
+        r#"
+        [services.a]
+        plugin = "a.wasm"
+        listen = ["127.0.0.1:1"]
+        max-connections = 4294967295
+        max-queued = 4294967295
+        max-outbound-sockets = 5000
+        max-outbound-sockets-per-service = 2000000
+        max-lifetime = "0s"
+        tls = { certificates = [{ cert = "c.pem", key = "k.pem" }], handshake-timeout = "0s" }
+        "#,
+    )
+    .unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.limits.max_connections, u32::MAX);
+    assert_eq!(service.limits.max_queued, u32::MAX);
+    assert_eq!(service.limits.max_outbound_sockets, 5000);
+    assert_eq!(service.limits.max_outbound_sockets_per_service, 2_000_000);
+    assert_eq!(service.limits.max_lifetime, Some(Duration::ZERO));
+    let tls = service.tls.as_ref().unwrap();
+    assert_eq!(tls.handshake_timeout, Duration::ZERO);
+
+    let error = check(
+        "[services.a]\nplugin = \"a.wasm\"\nlisten = [\"127.0.0.1:1\"]\nmax-connections = 0\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        error,
+        "portico.toml:4: services.a.max-connections: 0 is out of range (1 to 4294967295)"
+    );
+}
+
+#[test]
+fn the_filter_allows_then_denies() {
+    let filter = PeerFilter {
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        deny: vec!["127.0.0.66/32".parse().unwrap()],
+    };
+    assert!(filter.admits("127.0.0.1".parse().unwrap()));
+    assert!(filter.admits("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!filter.admits("127.0.0.66".parse().unwrap()));
+    assert!(!filter.admits("10.0.0.1".parse().unwrap()));
+}
