@@ -3,9 +3,9 @@
 //!
 //! A connection flows through these modules in turn:
 //!
-//! - [`accept`]: one accept loop per listener, which only ever sees accept
-//!   errors, hands each connection to the version of the service it
-//!   listens for.
+//! - [`accept`]: one accept loop per listener hands each connection to the
+//!   version of the service it listens for; the loop only ever sees accept
+//!   errors.
 //! - [`front_door`]: the PROXY header, the service's peer filter and the
 //!   TLS handshake, before the connection takes a place. A client the
 //!   filter does not admit is closed at once, before any instance exists.
