@@ -1,17 +1,14 @@
 //! The admin endpoint, over HTTP: `GET /healthz`, `GET /readyz`,
 //! `GET /metrics` (Prometheus text exposition) and `POST /reload`.
 //!
-//! Metric names are part of the product's interface, for dashboards; each
-//! series has a `service` label. Counts come from each service's
-//! [`Counters`] at scrape time; the two histograms are recorded as
-//! connections end. The exporter is installed only when the endpoint is
-//! configured, and recording is a no-op without it.
+//! It steers the server through [`Control`], which the server implements,
+//! so that this layer never names the server: ops stays the ground floor
+//! that every other layer may use.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -19,134 +16,35 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
-};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::ops::counters::Counters;
-use crate::server::Host;
+use crate::ops::metrics;
 
-/// Histogram buckets, in seconds: from a fast instantiation (tens of
-/// microseconds) to a long-lived connection (an hour).
-const BUCKETS: &[f64] = &[
-    0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0,
-    100.0, 300.0, 1000.0, 3600.0,
-];
-
-/// Whether the exporter is installed: without it, recording would only
-/// build labels to throw away, once per connection.
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-
-/// Installs the Prometheus exporter as the process's metrics recorder.
-/// Call it once, before anything is recorded.
-pub fn install() -> Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(BUCKETS)
-        .context("cannot set the histogram buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    describe();
-    INSTALLED.store(true, Relaxed);
-    Ok(handle)
-}
-
-fn describe() {
-    describe_counter!(
-        "portico_connections_total",
-        "Connections accepted, refused ones included."
-    );
-    describe_gauge!(
-        "portico_connections_active",
-        "Connections being served now."
-    );
-    describe_gauge!(
-        "portico_connections_queued",
-        "Connections waiting for a place now."
-    );
-    describe_counter!(
-        "portico_connections_refused_total",
-        "Connections closed before any instance: the queue was full (full), the filter did not admit the client (filtered), no valid PROXY header from a trusted proxy (proxy-header), too many handshakes in progress (handshakes)."
-    );
-    describe_counter!(
-        "portico_connections_closed_total",
-        "Connections served, by how they ended."
-    );
-    describe_counter!(
-        "portico_bytes_received_total",
-        Unit::Bytes,
-        "Bytes received from clients, counted when their connection closes."
-    );
-    describe_counter!(
-        "portico_bytes_sent_total",
-        Unit::Bytes,
-        "Bytes sent to clients, counted when their connection closes."
-    );
-    describe_histogram!(
-        "portico_connection_duration_seconds",
-        Unit::Seconds,
-        "How long connections lasted, from accept to close."
-    );
-    describe_histogram!(
-        "portico_instantiation_seconds",
-        Unit::Seconds,
-        "How long creating a connection's plugin instance took."
-    );
-    describe_counter!(
-        "portico_plugin_log_lines_dropped_total",
-        "Plugin stdout and stderr lines dropped over the rate limit."
-    );
-    describe_counter!(
-        "portico_memory_limit_hits_total",
-        "Connections whose plugin was refused memory at the limit."
-    );
-    describe_counter!(
-        "portico_outbound_denied_total",
-        "Outbound sockets, connects and name lookups refused by the service's grant or limits."
-    );
-    describe_counter!(
-        "portico_tls_handshake_failures_total",
-        "TLS handshakes that failed, timed out or were abandoned; no instance was created for them."
-    );
-    describe_counter!(
-        "portico_outbound_connect_timeouts_total",
-        "Outbound connects that got no answer within the connect timeout."
-    );
-    describe_counter!(
-        "portico_keyvalue_denied_total",
-        "Key-value buckets plugins tried to open without a grant."
-    );
-    describe_counter!(
-        "portico_messaging_denied_total",
-        "Topics plugins tried to publish or subscribe to without a grant."
-    );
-    describe_counter!(
-        "portico_messages_dropped_total",
-        "Messages dropped because a subscription's queue was full."
-    );
-    describe_counter!(
-        "portico_keyvalue_limit_hits_total",
-        "Key-value operations refused at a limit: key or value size, keys or bytes in a bucket."
-    );
-    describe_counter!(
-        "portico_messaging_limit_hits_total",
-        "Subscriptions and publications refused at a limit: subscriptions per connection, payload size."
-    );
-    describe_gauge!(
-        "portico_plugin_info",
-        "1 for the plugin version in force, by the SHA-256 of its file; 0 for versions replaced."
-    );
+/// What the admin endpoint asks of the server.
+pub trait Control: Send + Sync + 'static {
+    /// Whether every service listens and no drain has started.
+    fn is_ready(&self) -> bool;
+    /// Every service's counters, by service name.
+    fn counters(&self) -> Vec<(String, Arc<Counters>)>;
+    /// Reads the configuration again and applies it: what changed, or the
+    /// one-line error that left everything as it was.
+    fn reload(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Result<String>> + Send>>;
 }
 
 #[derive(Clone)]
 struct Admin {
-    host: Arc<Host>,
+    control: Arc<dyn Control>,
     metrics: PrometheusHandle,
 }
 
 /// Starts serving the admin endpoint on `addr`; prints `admin on ADDR`.
-pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle) -> Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    control: Arc<dyn Control>,
+    metrics: PrometheusHandle,
+) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
@@ -160,7 +58,7 @@ pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle)
         .route("/readyz", get(readyz))
         .route("/metrics", get(render))
         .route("/reload", post(reload))
-        .with_state(Admin { host, metrics });
+        .with_state(Admin { control, metrics });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(target: "portico_host::admin", "admin endpoint stopped: {error}");
@@ -170,106 +68,25 @@ pub async fn serve(addr: SocketAddr, host: Arc<Host>, metrics: PrometheusHandle)
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
-    match admin.host.is_ready() {
+    match admin.control.is_ready() {
         true => (StatusCode::OK, "ready\n"),
         false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
     }
 }
 
 async fn reload(State(admin): State<Admin>) -> impl IntoResponse {
-    match admin.host.reload().await {
+    match admin.control.reload().await {
         Ok(changes) => (StatusCode::OK, format!("{changes}\n")),
         Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")),
     }
 }
 
 async fn render(State(admin): State<Admin>) -> impl IntoResponse {
-    for (service, counters) in &admin.host.counters() {
-        record_counts(service, counters);
+    for (service, counters) in &admin.control.counters() {
+        metrics::record_counts(service, counters);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),
     )
-}
-
-/// Copies a service's counters into the recorder.
-fn record_counts(service: &str, counters: &Counters) {
-    let label = || service.to_string();
-    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Relaxed);
-    counter!("portico_connections_total", "service" => label()).absolute(get(&counters.total));
-    gauge!("portico_connections_active", "service" => label()).set(get(&counters.current) as f64);
-    gauge!("portico_connections_queued", "service" => label()).set(get(&counters.queued) as f64);
-    for (reason, count) in [
-        ("full", &counters.refused),
-        ("filtered", &counters.filtered),
-        ("proxy-header", &counters.proxy_header_refusals),
-        ("handshakes", &counters.handshakes_refused),
-    ] {
-        counter!("portico_connections_refused_total", "service" => label(), "reason" => reason)
-            .absolute(get(count));
-    }
-    for (outcome, count) in [
-        ("ok", &counters.finished),
-        ("error", &counters.errors),
-        ("trap", &counters.traps),
-        ("cpu-budget", &counters.cpu_budget_stops),
-        ("idle", &counters.idle_timeouts),
-        ("lifetime", &counters.lifetime_stops),
-        ("drain", &counters.drain_stops),
-    ] {
-        counter!("portico_connections_closed_total", "service" => label(), "outcome" => outcome)
-            .absolute(get(count));
-    }
-    counter!("portico_bytes_received_total", "service" => label())
-        .absolute(get(&counters.bytes_in));
-    counter!("portico_bytes_sent_total", "service" => label()).absolute(get(&counters.bytes_out));
-    counter!("portico_plugin_log_lines_dropped_total", "service" => label())
-        .absolute(get(&counters.log_lines_dropped));
-    counter!("portico_memory_limit_hits_total", "service" => label())
-        .absolute(get(&counters.memory_limit_hits));
-    counter!("portico_outbound_denied_total", "service" => label())
-        .absolute(get(&counters.outbound_denied));
-    counter!("portico_tls_handshake_failures_total", "service" => label())
-        .absolute(get(&counters.tls_handshake_failures));
-    counter!("portico_outbound_connect_timeouts_total", "service" => label())
-        .absolute(get(&counters.outbound_connect_timeouts));
-    counter!("portico_keyvalue_denied_total", "service" => label())
-        .absolute(get(&counters.keyvalue_denied));
-    counter!("portico_messaging_denied_total", "service" => label())
-        .absolute(get(&counters.messaging_denied));
-    counter!("portico_messages_dropped_total", "service" => label())
-        .absolute(get(&counters.messages_dropped));
-    counter!("portico_keyvalue_limit_hits_total", "service" => label())
-        .absolute(get(&counters.keyvalue_limit_hits));
-    counter!("portico_messaging_limit_hits_total", "service" => label())
-        .absolute(get(&counters.messaging_limit_hits));
-}
-
-/// Records a connection's end: how long it lasted and, if its plugin was
-/// instantiated, how long that took.
-pub fn connection_ended(service: &str, lasted: Duration, instantiation: Option<Duration>) {
-    if !INSTALLED.load(Relaxed) {
-        return;
-    }
-    histogram!("portico_connection_duration_seconds", "service" => service.to_string())
-        .record(lasted.as_secs_f64());
-    if let Some(instantiation) = instantiation {
-        histogram!("portico_instantiation_seconds", "service" => service.to_string())
-            .record(instantiation.as_secs_f64());
-    }
-}
-
-/// Records which plugin version a service now serves, and that `replaced`
-/// (if any) no longer is.
-pub fn plugin_in_force(service: &str, digest: &str, replaced: Option<&str>) {
-    if !INSTALLED.load(Relaxed) {
-        return;
-    }
-    if let Some(replaced) = replaced.filter(|replaced| *replaced != digest) {
-        gauge!("portico_plugin_info", "service" => service.to_string(), "digest" => replaced.to_string())
-            .set(0.0);
-    }
-    gauge!("portico_plugin_info", "service" => service.to_string(), "digest" => digest.to_string())
-        .set(1.0);
 }

@@ -7,11 +7,13 @@
 //! it in; a connection keeps the version it was accepted under until it
 //! ends, so every connection is served entirely by one version.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use wasmtime::Engine;
 
 use crate::capabilities::keyvalue::Granted;
 use crate::capabilities::messaging::{self, Broker};
@@ -87,12 +89,7 @@ impl Version {
             ..limits.clone()
         };
         let loading = std::time::Instant::now();
-        let bytes = {
-            let path = spec.plugin.clone();
-            tokio::task::spawn_blocking(move || Plugin::read(&path))
-                .await
-                .context("the reading thread failed")??
-        };
+        let bytes = read_plugin(spec.plugin.clone()).await?;
         let memory_init = MemoryInit::of(&bytes);
         let shared = previous.filter(|previous| {
             let old = &previous.spec.limits;
@@ -113,37 +110,8 @@ impl Version {
             Some(tls) => Some(Arc::new(Tls::load(tls).context("TLS")?)),
             None => None,
         };
-        let plugin = {
-            let (engine, path, cache) = (engine.clone(), spec.plugin.clone(), host.cache.clone());
-            let settings = spec.settings.clone();
-            // Compiling takes seconds for a large plugin: off the workers.
-            tokio::task::spawn_blocking(move || {
-                Plugin::load(&engine, &path, &bytes, &settings, cache.as_deref())
-            })
-            .await
-            .context("the compiler thread failed")??
-        };
-        let sandbox = Arc::new(Sandbox {
-            service: spec.name.as_str().into(),
-            plugin,
-            limits: limits.clone(),
-            counters,
-            stop: host.stop.clone(),
-            outbound: (!spec.outbound.is_empty()).then(|| {
-                Arc::new(Policy::new(
-                    spec.outbound.clone(),
-                    limits.max_outbound_sockets,
-                    limits.max_outbound_sockets_per_service,
-                ))
-            }),
-            buckets: Arc::new(buckets),
-            messaging: (!spec.messaging.is_empty()).then(|| {
-                Arc::new(messaging::Grant {
-                    broker: host.broker.clone(),
-                    patterns: spec.messaging.clone(),
-                })
-            }),
-        });
+        let plugin = compile(&engine, spec, bytes, host.cache.clone()).await?;
+        let sandbox = Arc::new(sandbox_for(spec, plugin, counters, host, buckets));
         sandbox
             .check()
             .await
@@ -159,14 +127,7 @@ impl Version {
                 previous.reclaimer.clone(),
             ),
             None => {
-                let places = Arc::new(Semaphore::new(max_connections as usize));
-                let handshakes = Arc::new(Semaphore::new(max_connections as usize));
-                let reclaimer = Arc::new(
-                    Reclaimer::new(&engine, sandbox::memory_slots(&pooled))
-                        .map_err(anyhow::Error::from)
-                        .context("cannot set up memory reclaiming")?,
-                );
-                reclaimer.spawn();
+                let (places, handshakes, reclaimer) = new_places(&engine, &pooled)?;
                 (places, handshakes, max_connections, reclaimer)
             }
         };
@@ -211,4 +172,80 @@ impl Version {
                 crate::sandbox::cache::digest(&bytes) == self.sandbox.plugin.digest
             })
     }
+}
+
+/// Reads the plugin file on a blocking thread: a large file must not hold
+/// an async worker.
+async fn read_plugin(path: PathBuf) -> Result<Vec<u8>> {
+    let bytes = tokio::task::spawn_blocking(move || Plugin::read(&path))
+        .await
+        .context("the reading thread failed")??;
+    Ok(bytes)
+}
+
+/// Compiles the plugin (or loads it from the cache) for `engine`.
+async fn compile(
+    engine: &Engine,
+    spec: &config::Service,
+    bytes: Vec<u8>,
+    cache: Option<Arc<Cache>>,
+) -> Result<Plugin> {
+    let (engine, path, settings) = (engine.clone(), spec.plugin.clone(), spec.settings.clone());
+    // Compiling takes seconds for a large plugin: off the workers.
+    let plugin = tokio::task::spawn_blocking(move || {
+        Plugin::load(&engine, &path, &bytes, &settings, cache.as_deref())
+    })
+    .await
+    .context("the compiler thread failed")??;
+    Ok(plugin)
+}
+
+/// What a connection of `spec` is given: its plugin, limits and counters,
+/// and the grants its capabilities check.
+fn sandbox_for(
+    spec: &config::Service,
+    plugin: Plugin,
+    counters: Arc<Counters>,
+    host: &HostParts<'_>,
+    buckets: Granted,
+) -> Sandbox {
+    let limits = &spec.limits;
+    Sandbox {
+        service: spec.name.as_str().into(),
+        plugin,
+        limits: limits.clone(),
+        counters,
+        stop: host.stop.clone(),
+        outbound: (!spec.outbound.is_empty()).then(|| {
+            Arc::new(Policy::new(
+                spec.outbound.clone(),
+                limits.max_outbound_sockets,
+                limits.max_outbound_sockets_per_service,
+            ))
+        }),
+        buckets: Arc::new(buckets),
+        messaging: (!spec.messaging.is_empty()).then(|| {
+            Arc::new(messaging::Grant {
+                broker: host.broker.clone(),
+                patterns: spec.messaging.clone(),
+            })
+        }),
+    }
+}
+
+/// A new pool's places, handshake places and reclaimer, for a version
+/// that shares none with the one it replaces.
+fn new_places(
+    engine: &Engine,
+    pooled: &config::Limits,
+) -> Result<(Arc<Semaphore>, Arc<Semaphore>, Arc<Reclaimer>)> {
+    let places = Arc::new(Semaphore::new(pooled.max_connections as usize));
+    let handshakes = Arc::new(Semaphore::new(pooled.max_connections as usize));
+    let reclaimer = Arc::new(
+        Reclaimer::new(engine, sandbox::memory_slots(pooled))
+            .map_err(anyhow::Error::from)
+            .context("cannot set up memory reclaiming")?,
+    );
+    reclaimer.spawn();
+    Ok((places, handshakes, reclaimer))
 }

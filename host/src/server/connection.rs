@@ -1,0 +1,229 @@
+//! One admitted connection, from its place to its close: the sandbox
+//! serves it, and its one `closed` line says how it ended. Apart from
+//! admission, so that what a connection does once served never touches
+//! the accept loop: its errors stay in its task and its log lines.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{info, warn};
+
+use crate::net::socket::Socket;
+use crate::ops::counters::{Counters, count};
+use crate::ops::metrics;
+use crate::ops::untrusted::{self, Untrusted};
+use crate::sandbox::bindings::ConnectionInfo;
+use crate::sandbox::{Outcome, Served, StopReason};
+use crate::server::front_door::Arrival;
+use crate::server::service::Version;
+
+/// How long, after the host has finished sending, it keeps reading and
+/// discarding what the client still sends. Closing a socket with unread
+/// input makes the kernel send a reset, which can destroy the last response
+/// before the client reads it.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one admitted connection from start to close, and logs it. The
+/// place is given back when this returns.
+pub(super) async fn serve_connection(
+    version: Arc<Version>,
+    arrival: Arrival,
+    _place: OwnedSemaphorePermit,
+) {
+    let Arrival {
+        id,
+        accepted,
+        tcp,
+        peer,
+        local,
+        proxied,
+        tls,
+    } = arrival;
+    let service = version.name();
+    if proxied {
+        info!(target: "portico_host::server", service, conn = id, %peer, proxied, "accepted");
+    } else {
+        info!(target: "portico_host::server", service, conn = id, %peer, "accepted");
+    }
+    let local = match local.map_or_else(|| tcp.local_addr(), Ok) {
+        Ok(local) => local,
+        Err(error) => {
+            warn!(
+                target: "portico_host::server",
+                service,
+                conn = id,
+                "closed at once: cannot read its local address: {error}"
+            );
+            return;
+        }
+    };
+    // Plugins often answer with small writes; Nagle's algorithm would hold
+    // each one back for up to 40 ms waiting for the client's ACK.
+    let _ = tcp.set_nodelay(true);
+
+    let sandbox = &version.sandbox;
+    let counters = &sandbox.counters;
+    counters.connection_started();
+    version.reclaimer.connection_started();
+    let socket = Socket::new(tcp, tls, proxied);
+    let info = ConnectionInfo {
+        id,
+        peer_address: peer.to_string(),
+        local_address: local.to_string(),
+    };
+    let served = sandbox.serve(&info, &socket, accepted).await;
+    close(&socket).await;
+    counters.connection_ended();
+    counters.bytes_in.fetch_add(socket.bytes_in(), Relaxed);
+    counters.bytes_out.fetch_add(socket.bytes_out(), Relaxed);
+    version.reclaimer.connection_ended();
+    metrics::connection_ended(service, accepted.elapsed(), served.instantiation);
+    log_outcome(service, counters, id, accepted, &socket, served);
+}
+
+/// Logs the one `closed` line of a connection, and counts how it ended.
+/// Whatever the plugin wrote into it (an error message, names in a trap's
+/// backtrace) is escaped and bounded ([`Untrusted`]), so the record stays
+/// one line of bounded size.
+fn log_outcome(
+    service: &str,
+    counters: &Counters,
+    id: u64,
+    accepted: Instant,
+    socket: &Socket,
+    served: Served,
+) {
+    let elapsed_ms = accepted.elapsed().as_millis() as u64;
+    let (bytes_in, bytes_out) = (socket.bytes_in(), socket.bytes_out());
+    let unsent = served.unsent;
+    if matches!(served.outcome, Outcome::Finished) {
+        count(&counters.finished);
+    }
+    match served.outcome {
+        Outcome::Finished if unsent == 0 => {
+            info!(
+                target: "portico_host::server",
+                service,
+                conn = id,
+                elapsed_ms,
+                bytes_in,
+                bytes_out,
+                outcome = "ok",
+                "closed"
+            )
+        }
+        Outcome::Finished => {
+            warn!(
+                target: "portico_host::server",
+                service,
+                conn = id,
+                elapsed_ms,
+                bytes_in,
+                bytes_out,
+                outcome = "ok",
+                unsent,
+                "closed: output not delivered, the client did not take it in time"
+            )
+        }
+        Outcome::Failed(message) => {
+            count(&counters.errors);
+            warn!(
+                target: "portico_host::server",
+                service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "error", unsent,
+                error = %Untrusted(&message), "closed"
+            )
+        }
+        Outcome::Trapped(error) => {
+            count(&counters.traps);
+            let (cause, backtrace) = trap_cause(&error);
+            warn!(
+                target: "portico_host::server",
+                service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+                error = %Untrusted(&cause),
+                wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
+            )
+        }
+        Outcome::Stopped(reason) => {
+            let (counter, why) = stop_counter(counters, reason);
+            count(counter);
+            warn!(
+                target: "portico_host::server",
+                service,
+                conn = id,
+                elapsed_ms,
+                bytes_in,
+                bytes_out,
+                outcome = "stopped",
+                reason = why,
+                "closed"
+            )
+        }
+    }
+}
+
+/// A trap's root cause and its wasm backtrace (empty if it has none). The
+/// cause names the fix for the one trap a plugin author cannot read from
+/// wasmtime's words alone.
+fn trap_cause(error: &wasmtime::Error) -> (String, String) {
+    let backtrace = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|backtrace| untrusted::displayed(backtrace))
+        .unwrap_or_default();
+    let mut cause = error.root_cause().to_string();
+    if cause.contains("borrow handles still remain") {
+        cause.push_str(
+            ": `run` returned still holding its borrowed input or output stream; \
+             drop both before returning",
+        );
+    }
+    (cause, backtrace)
+}
+
+/// The counter a stop counts in, and the reason its `closed` line gives.
+fn stop_counter(counters: &Counters, reason: StopReason) -> (&AtomicU64, &'static str) {
+    match reason {
+        StopReason::CpuBudget => (&counters.cpu_budget_stops, "CPU budget spent"),
+        StopReason::Idle => (&counters.idle_timeouts, "idle timeout"),
+        StopReason::Lifetime => (&counters.lifetime_stops, "maximum lifetime reached"),
+        StopReason::Shutdown => (&counters.drain_stops, "drain timed out"),
+    }
+}
+
+/// Ends the connection: sends FIN after everything written; then, unless
+/// the client has closed its side already, reads and discards until it
+/// does, for at most [`LINGER_TIMEOUT`].
+async fn close(socket: &Socket) {
+    let tcp = socket.tcp();
+    if let Some(mut tls) = socket.tls() {
+        tls.send_close_notify();
+        while tls.wants_write() {
+            if tls.write_tls(&mut socket.tcp_io()).is_err() {
+                break;
+            }
+        }
+    }
+    let shutdown = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+    if shutdown.is_err() || socket.input_ended() {
+        return;
+    }
+    let discard = async {
+        // On the heap: in the future, 4 KiB would be part of every
+        // connection's task for its whole life.
+        let mut sink = vec![0; 4096];
+        loop {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, discard).await;
+}
