@@ -84,78 +84,14 @@ impl Plugin {
         cache: Option<&Cache>,
     ) -> Result<Self> {
         let name = path.display();
-        if !bytes.starts_with(WASM_MAGIC) {
-            bail!("plugin {name} is not a WebAssembly file");
-        }
-        if bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
-            bail!(
-                "plugin {name} is a core WebAssembly module, not a component: build Rust \
-                 for the wasm32-wasip2 target; for a WASI preview 1 module (C, Go, ...) run \
-                 `wasm-tools component new {name} --adapt ADAPTER -o plugin.wasm`, with \
-                 ADAPTER wasi_snapshot_preview1.reactor.wasm for a handler or \
-                 wasi_snapshot_preview1.command.wasm for a program with `main` (from the \
-                 crate wasi-preview1-component-adapter-provider or wasmtime's releases)"
-            );
-        }
-        // The SHA-256 is for operators only (logs, metrics); the cache is
-        // keyed by a faster hash, so it is computed beside the loading.
-        let (digest, loaded) = std::thread::scope(|scope| {
-            let digest = scope.spawn(|| cache::digest(bytes));
-            let loaded = match cache {
-                Some(cache) => {
-                    let key = Key::of(engine, bytes);
-                    match cache.load(engine, &key) {
-                        Some(component) => Ok((component, true)),
-                        None => cache.compile(engine, bytes, &key).map(|c| (c, false)),
-                    }
-                }
-                None => Component::new(engine, bytes).map(|c| (c, false)),
-            };
-            (digest.join(), loaded)
-        });
-        let digest = digest.map_err(|_| format_err!("hashing plugin {name} failed"))?;
-        let (component, from_cache) =
-            loaded.map_err(|error| match pool_hint(&format!("{error:#}")) {
-                Some(hint) => error.context(format!(
-                    "plugin {name} does not fit this host's limits{hint}"
-                )),
-                None => error.context(format!(
-                    "plugin {name} is not a valid WebAssembly component"
-                )),
-            })?;
+        check_kind_of_file(&name, bytes)?;
+        let (component, digest, from_cache) = compile(engine, &name, bytes, cache)?;
         let kind = entry_kind(engine, &component).with_context(|| format!("plugin {name}"))?;
-
-        let mut linker = Linker::new(engine);
-        store::add_to_linker(&mut linker)?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
-            let hint = missing_import_hint(&format!("{error:#}"));
-            error.context(format!(
-                "plugin {name} imports something this host does not provide{hint}"
-            ))
-        })?;
-        let entry = match kind {
-            Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).with_context(|| {
-                format!("plugin {name} does not match the portico:plugin/handler world")
-            })?),
-            Kind::Command => Entry::Command(CommandPre::new(instance_pre).with_context(|| {
-                format!("plugin {name} does not match the wasi:cli/command world")
-            })?),
-        };
-        let program = path
-            .file_stem()
-            .map_or("plugin".into(), |stem| stem.to_string_lossy().into_owned());
-        let arguments = std::iter::once(program)
-            .chain(
-                settings
-                    .get(ARGS_SETTING)
-                    .into_iter()
-                    .flat_map(|args| args.split_whitespace().map(str::to_string)),
-            )
-            .collect();
+        let entry = link(engine, &name, &component, kind)?;
         Ok(Self {
             entry,
             settings: SettingsCtx::new(settings),
-            arguments,
+            arguments: command_arguments(path, settings),
             digest,
             from_cache,
         })
@@ -187,6 +123,105 @@ impl Plugin {
             Entry::Command(pre) => pre.engine(),
         }
     }
+}
+
+/// Refuses a file that is no component, saying what to do about it.
+fn check_kind_of_file(name: &impl std::fmt::Display, bytes: &[u8]) -> Result<()> {
+    if !bytes.starts_with(WASM_MAGIC) {
+        bail!("plugin {name} is not a WebAssembly file");
+    }
+    if bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
+        bail!(
+            "plugin {name} is a core WebAssembly module, not a component: build Rust \
+             for the wasm32-wasip2 target; for a WASI preview 1 module (C, Go, ...) run \
+             `wasm-tools component new {name} --adapt ADAPTER -o plugin.wasm`, with \
+             ADAPTER wasi_snapshot_preview1.reactor.wasm for a handler or \
+             wasi_snapshot_preview1.command.wasm for a program with `main` (from the \
+             crate wasi-preview1-component-adapter-provider or wasmtime's releases)"
+        );
+    }
+    Ok(())
+}
+
+/// The compiled component, from `cache` when it holds it; its file's
+/// SHA-256; and whether it came from the cache.
+fn compile(
+    engine: &Engine,
+    name: &impl std::fmt::Display,
+    bytes: &[u8],
+    cache: Option<&Cache>,
+) -> Result<(Component, String, bool)> {
+    // The SHA-256 is for operators only (logs, metrics); the cache is
+    // keyed by a faster hash, so it is computed beside the loading.
+    let (digest, loaded) = std::thread::scope(|scope| {
+        let digest = scope.spawn(|| cache::digest(bytes));
+        let loaded = match cache {
+            Some(cache) => {
+                let key = Key::of(engine, bytes);
+                match cache.load(engine, &key) {
+                    Some(component) => Ok((component, true)),
+                    None => cache.compile(engine, bytes, &key).map(|c| (c, false)),
+                }
+            }
+            None => Component::new(engine, bytes).map(|c| (c, false)),
+        };
+        (digest.join(), loaded)
+    });
+    let digest = digest.map_err(|_| format_err!("hashing plugin {name} failed"))?;
+    let (component, from_cache) =
+        loaded.map_err(|error| match pool_hint(&format!("{error:#}")) {
+            Some(hint) => error.context(format!(
+                "plugin {name} does not fit this host's limits{hint}"
+            )),
+            None => error.context(format!(
+                "plugin {name} is not a valid WebAssembly component"
+            )),
+        })?;
+    Ok((component, digest, from_cache))
+}
+
+/// Links `component` against everything the host provides, and checks it
+/// against the world of its `kind`.
+fn link(
+    engine: &Engine,
+    name: &impl std::fmt::Display,
+    component: &Component,
+    kind: Kind,
+) -> Result<Entry> {
+    let mut linker = Linker::new(engine);
+    store::add_to_linker(&mut linker)?;
+    let instance_pre = linker.instantiate_pre(component).map_err(|error| {
+        let hint = missing_import_hint(&format!("{error:#}"));
+        error.context(format!(
+            "plugin {name} imports something this host does not provide{hint}"
+        ))
+    })?;
+    Ok(match kind {
+        Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).with_context(|| {
+            format!("plugin {name} does not match the portico:plugin/handler world")
+        })?),
+        Kind::Command => {
+            Entry::Command(CommandPre::new(instance_pre).with_context(|| {
+                format!("plugin {name} does not match the wasi:cli/command world")
+            })?)
+        }
+    })
+}
+
+/// A command's arguments: its file name, then the words of the `args`
+/// setting.
+fn command_arguments(path: &Path, settings: &BTreeMap<String, String>) -> Arc<[String]> {
+    let program = path
+        .file_stem()
+        .map_or("plugin".into(), |stem| stem.to_string_lossy().into_owned());
+    std::iter::once(program)
+        .chain(
+            settings
+                .get(ARGS_SETTING)
+                .into_iter()
+                .flat_map(|args| args.split_whitespace().map(str::to_string)),
+        )
+        .collect()
 }
 
 /// A hint at the fix for a failed link, from wasmtime's error text, which
