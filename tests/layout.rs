@@ -2,7 +2,9 @@
 //! promises a newcomer stays true as features land.
 //!
 //! - No import circles among the host's modules (files): each names the
-//!   circle it finds.
+//!   circle it finds. A module's use of its own children (a folder's
+//!   mod.rs declaring, re-exporting and calling them) is ownership, not an
+//!   import, so a child may use what its parent defines.
 //! - Folders are layers, and every import between two of them points down
 //!   [`LAYERS`].
 //! - No file over [`MAX_FILE_LINES`] lines and no function over
@@ -328,11 +330,15 @@ fn absolute(here: &[String], path: &[String]) -> Option<Vec<String>> {
     Some(base)
 }
 
-/// The file of the deepest module `path` names.
-fn file_of<'a>(files: &'a BTreeMap<Vec<String>, String>, path: &[String]) -> Option<&'a String> {
+/// The deepest module `path` names, and its file.
+fn file_of<'a>(
+    files: &'a BTreeMap<Vec<String>, String>,
+    path: &[String],
+) -> Option<(&'a [String], &'a String)> {
     (0..=path.len())
         .rev()
-        .find_map(|len| files.get(&path[..len]))
+        .find_map(|len| files.get_key_value(&path[..len]))
+        .map(|(module, file)| (module.as_slice(), file))
 }
 
 /// Every import between two files, with the path that makes it.
@@ -344,10 +350,12 @@ fn imports(modules: &[Module]) -> BTreeMap<(String, String), String> {
     let mut edges = BTreeMap::new();
     for module in modules {
         for path in named_paths(module) {
-            if let Some(target) = file_of(&files, &path)
-                && *target != module.file
-                && !module.path.starts_with(&path)
-            {
+            let Some((target_path, target)) = file_of(&files, &path) else {
+                continue;
+            };
+            // A module owns its children: declaring, re-exporting and
+            // dispatching to them is what a folder's mod.rs is for.
+            if !target_path.starts_with(&module.path) {
                 edges
                     .entry((module.file.clone(), target.clone()))
                     .or_insert_with(|| path.join("::"));

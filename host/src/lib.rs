@@ -3,42 +3,38 @@
 //!
 //! # Layout
 //!
-//! A connection flows accept → PROXY header → filter → TLS handshake →
-//! admit → instantiate → run → close:
+//! Folders are layers, from the top down; a module imports only from its
+//! own folder and the folders below it (`tests/layout.rs` checks this, and
+//! that no imports run in a circle):
 //!
-//! - [`cli`]: the flags, with their defaults and checks.
-//! - [`config`]: what the host serves: services from the config file, or
-//!   one from the flags.
-//! - [`server`]: the listeners and accept loops, admission control, one
-//!   task per connection, reload, graceful drain.
-//! - [`service`]: one version of a service: its plugin, pool and places.
-//! - [`plugin`]: reads, compiles and validates a plugin (a handler
-//!   exporting `run`, or a WASI command served on its stdio), and keeps it
-//!   pre-instantiated; [`cache`] keeps the compiled code on disk.
-//! - [`sandbox`]: the engine's settings and, per connection, a store with
-//!   its own WASI context in which `run` is called under the limits.
-//! - [`proxy_protocol`]: the client's address from a trusted proxy's
-//!   PROXY protocol header; [`tls`]: TLS termination. Both happen before a
-//!   connection is admitted.
-//! - [`socket`]: the client socket as the `wasi:io` streams `run` borrows,
-//!   or a command's stdin and stdout.
-//! - [`connection`]: what a plugin may ask of its connection
-//!   (`portico:plugin/connection`): TLS details, whether it was proxied.
-//! - [`keyvalue`]: key-value buckets (`wasi:keyvalue`) in memory, in a
-//!   file or in Redis, opened only by services granted them.
-//! - [`messaging`]: messages between connections (`portico:plugin/pubsub`).
-//! - [`outbound`]: where a plugin may connect (`grants.outbound`), and how
-//!   many sockets it may hold.
-//! - [`stdio`]: a plugin's stdout and stderr, as rate-limited log lines.
-//! - [`untrusted`]: plugin-controlled text, escaped and bounded for the log.
-//! - [`reclaim`]: memory freed by closed connections, given back once
-//!   connections stop ending.
-//! - [`signals`]: SIGINT, SIGTERM and SIGHUP, watched apart from the async
-//!   runtime so that the process always stops.
-//! - [`admin`]: health, readiness, Prometheus metrics and reload over HTTP.
-//! - [`counters`]: what each service counts.
-//! - [`bindings`]: the plugin contract, generated from `guest-sdk/wit`, and
-//!   the earlier versions of imports still answered.
+//! - [`cli`]: the flags, made into a [`config::Config`].
+//! - [`server`]: the listeners and accept loops, the front door, admission
+//!   control, one task per connection, reload, graceful drain, and one
+//!   version of each service ([`server::service`]).
+//! - [`sandbox`]: the engine and its instance pool, the plugin loaded once
+//!   ([`sandbox::plugin`], with its compile [`sandbox::cache`]), and per
+//!   connection a store with its own WASI context, capabilities and limits
+//!   in which `run` is called; the plugin's stdout and stderr as log lines
+//!   ([`sandbox::stdio`]); the contract's bindings ([`sandbox::bindings`]).
+//! - [`config`]: what the host serves: the model, each default and bound
+//!   defined once, the file as written and as meant.
+//! - [`capabilities`]: what a plugin may ask beyond its streams: outbound
+//!   TCP, key-value buckets, messages, what it may learn of its connection,
+//!   its settings. Each owns its per-connection state and links its own
+//!   imports; only the sandbox's store knows them all.
+//! - [`net`]: the client's socket as the streams `run` borrows, the PROXY
+//!   protocol header, TLS.
+//! - [`ops`]: what operators see: the admin endpoint and metrics (steering
+//!   the server through a trait it implements), counters, signals, and
+//!   plugin text escaped for the log.
+//!
+//! # A connection's path
+//!
+//! accept ([`server`]) → PROXY header, peer filter, TLS handshake (the
+//! front door, [`net`]) → admit (a place in the service's pool, or the
+//! queue) → a fresh store and instance ([`sandbox`]) → `run` with the
+//! socket's streams, under the CPU budget, idle timeout and lifetime →
+//! output flushed, socket closed, one `closed` log line.
 
 pub mod capabilities;
 pub mod cli;
