@@ -115,6 +115,15 @@ pub struct CountSetting {
     pub bounds: Bounds,
 }
 
+impl CountSetting {
+    const fn new(default: u32, min: u32, max: u32) -> Self {
+        Self {
+            default,
+            bounds: Bounds { min, max },
+        }
+    }
+}
+
 /// A duration setting: its default and the values it accepts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DurationSetting {
@@ -122,51 +131,21 @@ pub struct DurationSetting {
     pub bounds: DurationBounds,
 }
 
+impl DurationSetting {
+    const fn new(default: Duration, bounds: DurationBounds) -> Self {
+        Self { default, bounds }
+    }
+}
+
 /// Up to what a u32 holds: the server serves at most what its address
 /// space allows and says so, whatever is asked.
-pub const MAX_CONNECTIONS: CountSetting = CountSetting {
-    default: 1000,
-    bounds: Bounds {
-        min: 1,
-        max: u32::MAX,
-    },
-};
-pub const MAX_QUEUED: CountSetting = CountSetting {
-    default: 1000,
-    bounds: Bounds {
-        min: 0,
-        max: u32::MAX,
-    },
-};
+pub const MAX_CONNECTIONS: CountSetting = CountSetting::new(1000, 1, u32::MAX);
+pub const MAX_QUEUED: CountSetting = CountSetting::new(1000, 0, u32::MAX);
 /// In MiB.
-pub const MAX_MEMORY: CountSetting = CountSetting {
-    default: 64,
-    bounds: Bounds {
-        min: 1,
-        max: MAX_MEMORY_MIB,
-    },
-};
-pub const LOG_LINES_PER_SECOND: CountSetting = CountSetting {
-    default: 100,
-    bounds: Bounds {
-        min: 0,
-        max: u32::MAX,
-    },
-};
-pub const MAX_OUTBOUND_SOCKETS: CountSetting = CountSetting {
-    default: 8,
-    bounds: Bounds {
-        min: 0,
-        max: u32::MAX,
-    },
-};
-pub const MAX_OUTBOUND_SOCKETS_PER_SERVICE: CountSetting = CountSetting {
-    default: 1024,
-    bounds: Bounds {
-        min: 0,
-        max: u32::MAX,
-    },
-};
+pub const MAX_MEMORY: CountSetting = CountSetting::new(64, 1, MAX_MEMORY_MIB);
+pub const LOG_LINES_PER_SECOND: CountSetting = CountSetting::new(100, 0, u32::MAX);
+pub const MAX_OUTBOUND_SOCKETS: CountSetting = CountSetting::new(8, 0, u32::MAX);
+pub const MAX_OUTBOUND_SOCKETS_PER_SERVICE: CountSetting = CountSetting::new(1024, 0, u32::MAX);
 /// A bucket's `max-keys` and `max-bytes` (their defaults are
 /// [`BUCKET_MAX_KEYS`] and [`BUCKET_MAX_BYTES`]): a bucket with no room is
 /// refused.
@@ -175,29 +154,21 @@ pub const BUCKET_SIZE: Bounds = Bounds {
     max: u32::MAX,
 };
 
-pub const CPU_BUDGET: DurationSetting = DurationSetting {
-    default: Duration::from_secs(10),
-    bounds: DurationBounds::LongerThanZero,
-};
-pub const IDLE_TIMEOUT: DurationSetting = DurationSetting {
-    default: Duration::from_secs(300),
-    bounds: DurationBounds::LongerThanZero,
-};
+pub const CPU_BUDGET: DurationSetting =
+    DurationSetting::new(Duration::from_secs(10), DurationBounds::LongerThanZero);
+pub const IDLE_TIMEOUT: DurationSetting =
+    DurationSetting::new(Duration::from_secs(300), DurationBounds::LongerThanZero);
 /// Off unless given, so it has no default.
 pub const MAX_LIFETIME: DurationBounds = DurationBounds::AnyLength;
-pub const DRAIN_TIMEOUT: DurationSetting = DurationSetting {
-    default: Duration::from_secs(30),
-    bounds: DurationBounds::AnyLength,
-};
-pub const CONNECT_TIMEOUT: DurationSetting = DurationSetting {
-    default: Duration::from_secs(10),
-    bounds: DurationBounds::LongerThanZero,
-};
-pub const TLS_HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting {
-    default: crate::net::tls::DEFAULT_HANDSHAKE_TIMEOUT,
-    bounds: DurationBounds::AnyLength,
-};
-pub const PROXY_PROTOCOL_TIMEOUT: DurationSetting = DurationSetting {
-    default: crate::net::proxy_protocol::DEFAULT_TIMEOUT,
-    bounds: DurationBounds::LongerThanZero,
-};
+pub const DRAIN_TIMEOUT: DurationSetting =
+    DurationSetting::new(Duration::from_secs(30), DurationBounds::AnyLength);
+pub const CONNECT_TIMEOUT: DurationSetting =
+    DurationSetting::new(Duration::from_secs(10), DurationBounds::LongerThanZero);
+pub const TLS_HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting::new(
+    crate::net::tls::DEFAULT_HANDSHAKE_TIMEOUT,
+    DurationBounds::AnyLength,
+);
+pub const PROXY_PROTOCOL_TIMEOUT: DurationSetting = DurationSetting::new(
+    crate::net::proxy_protocol::DEFAULT_TIMEOUT,
+    DurationBounds::LongerThanZero,
+);
