@@ -11,6 +11,7 @@ mod capabilities;
 mod capacity;
 mod echo;
 mod inproc;
+mod instructions;
 mod load;
 mod native;
 mod pin;
@@ -99,6 +100,17 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Count the host's user-space instructions per connection and per 4 KiB
+    /// round trip with callgrind, and hold them to a committed baseline:
+    /// fails if either grew, or shrank, by more than 5%.
+    Instructions {
+        /// The baseline file (`per_connection = N`, `per_round_trip = N`).
+        #[arg(long, default_value = "bench/instructions.txt")]
+        baseline: PathBuf,
+        /// Write the figures counted as the new baseline instead.
+        #[arg(long)]
+        update: bool,
+    },
     /// Run the TLS load generator (the benchmark starts it itself): prints
     /// handshakes per second, or MiB per second.
     TlsClient {
@@ -128,6 +140,9 @@ fn main() -> Result<()> {
             mode,
             seconds,
         }) => return tls::client(*addr, mode, *seconds),
+        Some(Command::Instructions { baseline, update }) => {
+            return guard_instructions(&args, baseline, *update);
+        }
         None => {}
     }
     let files = rlimit::increase_nofile_limit(u64::MAX)?;
@@ -194,4 +209,22 @@ fn report_startup(inproc: &inproc::Instantiation, (cold, warm): (Duration, Durat
         "| start-up to `listening on`, compile cache warm, ms | {:.1} | <= 20 |",
         ms(warm)
     );
+}
+
+/// Counts the instructions and holds them to `baseline`, or writes them
+/// there with `update`.
+fn guard_instructions(args: &Args, baseline: &PathBuf, update: bool) -> Result<()> {
+    let measured = instructions::count(&args.host, &args.plugin)?;
+    println!(
+        "instructions per connection: {:.0}\ninstructions per 4 KiB round trip: {:.0}",
+        measured.per_connection, measured.per_round_trip
+    );
+    if update {
+        return instructions::write_baseline(baseline, measured);
+    }
+    let problems = instructions::compare(measured, instructions::read_baseline(baseline)?);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(())
 }

@@ -533,6 +533,7 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("openssl", "openssl"),
     ("curl", "curl"),
+    ("valgrind", "valgrind"),
 ];
 
 /// Installs the test programs not on PATH: Debian's packages with apt-get,
