@@ -308,7 +308,8 @@ fn segments(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `path` as seen from module `here`, from the crate root.
+/// `path` as seen from module `here`, from the crate root; `None` if it
+/// names no item.
 fn absolute(here: &[String], path: &[String]) -> Option<Vec<String>> {
     let mut base = here.to_vec();
     let mut rest = path;
@@ -325,6 +326,10 @@ fn absolute(here: &[String], path: &[String]) -> Option<Vec<String>> {
             }
         }
         _ => return None,
+    }
+    // `pub(crate)`, `pub(super)`, `&self`: a keyword alone names nothing.
+    if rest.is_empty() {
+        return None;
     }
     base.extend(rest.iter().cloned());
     Some(base)

@@ -4,27 +4,21 @@
 //! grow fails here; one that makes them shrink lowers the baseline in the
 //! same commit (run this test with PORTICO_UPDATE_BASELINE=1).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+mod util;
 
 #[test]
 fn instructions_per_connection_and_round_trip_hold_to_the_baseline() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_portico-bench"));
-    let host = bench.with_file_name("host");
-    assert!(
-        host.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`",
-        host.display()
-    );
-    let plugins = std::env::var_os("PORTICO_PLUGIN_DIR")
-        .expect("PORTICO_PLUGIN_DIR is unset: run the tests with `cargo xtask test`");
+    let built = util::built();
     let baseline = Path::new(env!("CARGO_MANIFEST_DIR")).join("instructions.txt");
-    let mut command = Command::new(&bench);
+    let mut command = Command::new(&built.bench);
     command
         .arg("--host")
-        .arg(&host)
+        .arg(&built.host)
         .arg("--plugin")
-        .arg(PathBuf::from(plugins).join("echo.wasm"))
+        .arg(built.plugins.join("echo.wasm"))
         .arg("instructions")
         .arg("--baseline")
         .arg(&baseline);

@@ -3,30 +3,21 @@
 //! checked; a clean run is, since the benchmark verifies every echoed byte
 //! and fails on any error.
 
-use std::path::PathBuf;
 use std::process::Command;
+
+mod util;
 
 #[test]
 fn a_short_round_runs_clean() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_portico-bench"));
-    // `cargo test --workspace` builds the host into the same folder: the
-    // host's own tests need it.
-    let host = bench.with_file_name("host");
-    assert!(
-        host.is_file(),
-        "{} is missing: run the tests with `cargo xtask test`",
-        host.display()
-    );
-    let plugins = std::env::var_os("PORTICO_PLUGIN_DIR")
-        .expect("PORTICO_PLUGIN_DIR is unset: run the tests with `cargo xtask test`");
+    let built = util::built();
     let poco = std::env::var_os("PORTICO_POCO_ECHO")
         .expect("PORTICO_POCO_ECHO is unset: run the tests with `cargo xtask test`");
 
-    let output = Command::new(&bench)
+    let output = Command::new(&built.bench)
         .arg("--host")
-        .arg(&host)
+        .arg(&built.host)
         .arg("--plugin")
-        .arg(PathBuf::from(plugins).join("echo.wasm"))
+        .arg(built.plugins.join("echo.wasm"))
         .arg("--poco")
         .arg(poco)
         .args([
