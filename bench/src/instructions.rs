@@ -15,7 +15,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -206,13 +206,13 @@ pub fn read_baseline(path: &Path) -> Result<Figures> {
     })
 }
 
-pub fn write_baseline(path: &PathBuf, figures: Figures) -> Result<()> {
+pub fn write_baseline(path: &Path, figures: Figures) -> Result<()> {
     let text = format!(
         "# User-space instructions of the test build of the host serving the Rust\n\
          # echo, counted by callgrind (`portico-bench instructions`). The\n\
          # `instructions` test fails when a figure grows by more than 5% over\n\
          # these, or shrinks by more: then write the new figures here with\n\
-         # `cargo xtask test -- --test instructions` and PORTICO_UPDATE_BASELINE=1.\n\
+         # `PORTICO_UPDATE_BASELINE=1 cargo xtask test --test instructions`.\n\
          per_connection = {:.0}\nper_round_trip = {:.0}\n",
         figures.per_connection, figures.per_round_trip
     );

@@ -20,7 +20,7 @@ mod server;
 mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -213,7 +213,7 @@ fn report_startup(inproc: &inproc::Instantiation, (cold, warm): (Duration, Durat
 
 /// Counts the instructions and holds them to `baseline`, or writes them
 /// there with `update`.
-fn guard_instructions(args: &Args, baseline: &PathBuf, update: bool) -> Result<()> {
+fn guard_instructions(args: &Args, baseline: &Path, update: bool) -> Result<()> {
     let measured = instructions::count(&args.host, &args.plugin)?;
     println!(
         "instructions per connection: {:.0}\ninstructions per 4 KiB round trip: {:.0}",
