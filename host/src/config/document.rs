@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{Result, anyhow};
 use ipnet::IpNet;
 use toml::Spanned;
 
@@ -43,12 +43,7 @@ impl Document<'_> {
         )
     }
 
-    pub(super) fn count(
-        &self,
-        value: &Spanned<i64>,
-        key: &str,
-        bounds: Bounds,
-    ) -> anyhow::Result<u32> {
+    pub(super) fn count(&self, value: &Spanned<i64>, key: &str, bounds: Bounds) -> Result<u32> {
         bounds
             .check(*value.get_ref())
             .map_err(|problem| self.error(value.span(), key, problem))
@@ -59,7 +54,7 @@ impl Document<'_> {
         text: &Spanned<String>,
         key: &str,
         bounds: DurationBounds,
-    ) -> anyhow::Result<Duration> {
+    ) -> Result<Duration> {
         let duration = humantime::parse_duration(text.get_ref()).map_err(|error| {
             self.error(
                 text.span(),
@@ -75,7 +70,7 @@ impl Document<'_> {
             .map_err(|problem| self.error(text.span(), key, problem))
     }
 
-    pub(super) fn address(&self, text: &Spanned<String>, key: &str) -> anyhow::Result<SocketAddr> {
+    pub(super) fn address(&self, text: &Spanned<String>, key: &str) -> Result<SocketAddr> {
         text.get_ref().parse().map_err(|_| {
             self.error(
                 text.span(),
@@ -88,11 +83,7 @@ impl Document<'_> {
         })
     }
 
-    pub(super) fn networks(
-        &self,
-        texts: &[Spanned<String>],
-        key: &str,
-    ) -> anyhow::Result<Vec<IpNet>> {
+    pub(super) fn networks(&self, texts: &[Spanned<String>], key: &str) -> Result<Vec<IpNet>> {
         texts
             .iter()
             .map(|text| {
