@@ -92,7 +92,9 @@ fn instructions(host: &Path, plugin: &Path, scratch: &Path, load: Load) -> Resul
         .args(["--listen", "127.0.0.1:0", "--max-connections", "4"])
         .arg("--cache-dir")
         .arg(scratch.join("cache"))
-        .env("PORTICO_LOG", "warn")
+        // The default level: the two lines per connection an operator
+        // gets are part of what a connection costs.
+        .env("PORTICO_LOG", "info")
         .env("TOKIO_WORKER_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
