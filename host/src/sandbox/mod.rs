@@ -18,9 +18,9 @@ pub mod reclaim;
 pub mod stdio;
 mod store;
 
+use self::store::ConnState;
 pub use engine::{EpochTicker, MemoryInit, engine, memory_slots, pool_hint};
 pub use meter::YIELD_INTERVAL;
-pub use store::{ConnState, MAX_RESOURCES};
 
 use std::future::Future;
 use std::sync::Arc;
