@@ -208,7 +208,7 @@ async fn measure_one(
 
 /// Memory and mappings per idle connection: `idle` connections opened,
 /// each echoed a byte (so Portico's instance is running), then held.
-async fn measure_idle(server: &Server, idle: usize, figures: &mut Figures) -> Result<()> {
+pub async fn measure_idle(server: &Server, idle: usize, figures: &mut Figures) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (before, private_before, maps_before) =
         (server.rss_kib()?, server.private_kib()?, server.mappings()?);

@@ -9,6 +9,7 @@
 
 mod capabilities;
 mod capacity;
+mod compare;
 mod echo;
 mod inproc;
 mod instructions;
@@ -111,6 +112,27 @@ enum Command {
         #[arg(long)]
         update: bool,
     },
+    /// Compare builds of the host (or one build with different environment
+    /// variables) side by side in one run, with native tokio beside them:
+    /// server CPU per connection and per 4 KiB round trip, page faults,
+    /// rates; pinned, medians of `--rounds`. With `--instructions`, also
+    /// each variant's instruction counts, as the guard counts them.
+    Compare {
+        /// `NAME=PATH[,KEY=VALUE...]`: a host binary, and environment
+        /// variables to run it with. Repeat for each build.
+        #[arg(
+            long = "variant",
+            value_name = "NAME=PATH[,KEY=VALUE...]",
+            required = true
+        )]
+        variants: Vec<String>,
+        #[arg(long)]
+        instructions: bool,
+        /// Also hold this many idle connections, for memory per idle
+        /// connection and memory left 5 s after they close.
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+    },
     /// Run the TLS load generator (the benchmark starts it itself): prints
     /// handshakes per second, or MiB per second.
     TlsClient {
@@ -140,6 +162,11 @@ fn main() -> Result<()> {
             mode,
             seconds,
         }) => return tls::client(*addr, mode, *seconds),
+        Some(Command::Compare {
+            variants,
+            instructions,
+            idle,
+        }) => return compare_builds(&args, variants, *instructions, *idle),
         Some(Command::Instructions { baseline, update }) => {
             return guard_instructions(&args, baseline, *update);
         }
@@ -213,8 +240,36 @@ fn report_startup(inproc: &inproc::Instantiation, (cold, warm): (Duration, Durat
 
 /// Counts the instructions and holds them to `baseline`, or writes them
 /// there with `update`.
+fn compare_builds(
+    args: &Args,
+    specs: &[String],
+    count_instructions: bool,
+    idle: usize,
+) -> Result<()> {
+    let variants = specs
+        .iter()
+        .map(|spec| compare::Variant::parse(spec))
+        .collect::<Result<Vec<_>>>()?;
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    compare::run(&args.plugin, &variants, args.rounds, args.seconds, idle)?;
+    if count_instructions {
+        println!();
+        println!("| server | instructions per connection | per 4 KiB round trip |");
+        println!("| --- | ---: | ---: |");
+        for variant in &variants {
+            let Some(host) = &variant.host else { continue };
+            let counted = instructions::count(host, &args.plugin, &variant.env)?;
+            println!(
+                "| {} | {:.0} | {:.0} |",
+                variant.name, counted.per_connection, counted.per_round_trip
+            );
+        }
+    }
+    Ok(())
+}
+
 fn guard_instructions(args: &Args, baseline: &Path, update: bool) -> Result<()> {
-    let measured = instructions::count(&args.host, &args.plugin)?;
+    let measured = instructions::count(&args.host, &args.plugin, &[])?;
     println!(
         "instructions per connection: {:.0}\ninstructions per 4 KiB round trip: {:.0}",
         measured.per_connection, measured.per_round_trip
