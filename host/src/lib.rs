@@ -51,15 +51,34 @@ use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
 /// Sends log lines to stderr, as text or JSON, filtered by `PORTICO_LOG`
-/// (default `info`).
-pub fn init_logging(format: config::LogFormat) {
+/// (default `info`). Off a terminal, lines go through [`ops::log`]'s cheap
+/// format and writer thread; keep the guard until the last line is logged.
+pub fn init_logging(format: config::LogFormat) -> Option<ops::log::LogFlushGuard> {
     let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let terminal = std::io::stderr().is_terminal();
     match format {
-        config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        config::LogFormat::Json => logs.json().flatten_event(true).init(),
+        config::LogFormat::Text if terminal => {
+            logs.with_writer(std::io::stderr).with_ansi(true).init();
+            None
+        }
+        config::LogFormat::Text => {
+            let (sink, guard) = ops::log::LogSink::start();
+            logs.with_writer(sink)
+                .with_ansi(false)
+                .event_format(ops::log::LineFormat)
+                .init();
+            guard
+        }
+        config::LogFormat::Json => {
+            let (sink, guard) = ops::log::LogSink::start();
+            logs.with_writer(sink)
+                .with_ansi(false)
+                .json()
+                .flatten_event(true)
+                .init();
+            guard
+        }
     }
 }
 
