@@ -112,6 +112,19 @@ impl Socket {
         self.last_activity_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Marks the socket not readable after a read that returned less than
+    /// it asked for: TCP's receive queue was emptied. Otherwise tokio
+    /// believes it readable until a read fails with `WouldBlock`, and the
+    /// plugin's next `blocking-read` would make that read (a system call)
+    /// before it waits: one per request of every request-response exchange.
+    /// Bytes that arrive meanwhile make it readable again, as tokio only
+    /// clears the readiness it has seen.
+    fn drained(&self) {
+        let _ = self.tcp.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         let written = self.tcp.try_write(bytes)?;
         self.moved(&self.bytes_out, written);
@@ -354,11 +367,12 @@ impl InputStream for SocketInput {
         let mut chunk = BytesMut::with_capacity(size);
         let read = match self.socket.tls() {
             Some(mut tls) => self.socket.tls_read(&mut tls, &mut chunk, size),
-            None => self
-                .socket
-                .tcp
-                .try_read_buf(&mut chunk)
-                .inspect(|n| self.socket.moved(&self.socket.bytes_in, *n)),
+            None => self.socket.tcp.try_read_buf(&mut chunk).inspect(|&n| {
+                self.socket.moved(&self.socket.bytes_in, n);
+                if n > 0 && n < size {
+                    self.socket.drained();
+                }
+            }),
         };
         match read {
             Ok(0) if size > 0 => {
