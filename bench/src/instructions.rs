@@ -54,11 +54,12 @@ enum Load {
     RoundTrips(u64),
 }
 
-/// Counts the figures for `host` serving `plugin`.
-pub fn count(host: &Path, plugin: &Path) -> Result<Figures> {
+/// Counts the figures for `host` serving `plugin`, run with `env` added to
+/// its environment.
+pub fn count(host: &Path, plugin: &Path, env: &[(String, String)]) -> Result<Figures> {
     let scratch = std::env::temp_dir().join(format!("portico-instructions-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).context("cannot make a scratch folder")?;
-    let run = |load| instructions(host, plugin, &scratch, load);
+    let run = |load| instructions(host, plugin, env, &scratch, load);
     // The first run compiles the plugin into the cache; the rest load it.
     run(Load::Connections(1))?;
     let (few, many) = CONNECTIONS;
@@ -76,7 +77,13 @@ pub fn count(host: &Path, plugin: &Path) -> Result<Figures> {
 
 /// Instructions of one host run under callgrind serving `load`, all
 /// threads together.
-fn instructions(host: &Path, plugin: &Path, scratch: &Path, load: Load) -> Result<f64> {
+fn instructions(
+    host: &Path,
+    plugin: &Path,
+    env: &[(String, String)],
+    scratch: &Path,
+    load: Load,
+) -> Result<f64> {
     let profiles = scratch.join("profiles");
     let _ = std::fs::remove_dir_all(&profiles);
     std::fs::create_dir_all(&profiles)?;
@@ -89,13 +96,23 @@ fn instructions(host: &Path, plugin: &Path, scratch: &Path, load: Load) -> Resul
         .arg(host)
         .arg("--plugin")
         .arg(plugin)
-        .args(["--listen", "127.0.0.1:0", "--max-connections", "4"])
+        // The most slots valgrind lets the pool reserve (4 GiB of address
+        // space each). With fewer, freed slots waiting in the decommit batch
+        // left the pool full every few connections, and each allocation
+        // that found it full built an error: a path a host that is not
+        // full never takes, and with a backtrace when `RUST_BACKTRACE` is
+        // set (34,000 instructions per connection, on average).
+        .args(["--listen", "127.0.0.1:0", "--max-connections", "12"])
         .arg("--cache-dir")
         .arg(scratch.join("cache"))
         // The default level: the two lines per connection an operator
         // gets are part of what a connection costs.
         .env("PORTICO_LOG", "info")
         .env("TOKIO_WORKER_THREADS", "1")
+        // The count must not depend on the shell it is run from.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
