@@ -51,34 +51,20 @@ use anyhow::{Context, Result};
 use tracing_subscriber::EnvFilter;
 
 /// Sends log lines to stderr, as text or JSON, filtered by `PORTICO_LOG`
-/// (default `info`). Off a terminal, lines go through [`ops::log`]'s cheap
-/// format and writer thread; keep the guard until the last line is logged.
-pub fn init_logging(format: config::LogFormat) -> Option<ops::log::LogFlushGuard> {
+/// (default `info`); text in colour on a terminal, in [`ops::log`]'s
+/// cheaper format elsewhere.
+pub fn init_logging(format: config::LogFormat) {
     let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    let terminal = std::io::stderr().is_terminal();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        config::LogFormat::Text if terminal => {
-            logs.with_writer(std::io::stderr).with_ansi(true).init();
-            None
-        }
-        config::LogFormat::Text => {
-            let (sink, guard) = ops::log::LogSink::start();
-            logs.with_writer(sink)
-                .with_ansi(false)
-                .event_format(ops::log::LineFormat)
-                .init();
-            guard
-        }
-        config::LogFormat::Json => {
-            let (sink, guard) = ops::log::LogSink::start();
-            logs.with_writer(sink)
-                .with_ansi(false)
-                .json()
-                .flatten_event(true)
-                .init();
-            guard
-        }
+        config::LogFormat::Text if std::io::stderr().is_terminal() => logs.with_ansi(true).init(),
+        config::LogFormat::Text => logs
+            .with_ansi(false)
+            .event_format(ops::log::LineFormat)
+            .init(),
+        config::LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 

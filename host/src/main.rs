@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     let started = args.config().and_then(|(config, source)| {
-        let _logs = portico_host::init_logging(config.log_format);
+        portico_host::init_logging(config.log_format);
         portico_host::run(config, source)
     });
     match started {

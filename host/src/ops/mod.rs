@@ -1,6 +1,7 @@
 //! What operators see and steer: the admin endpoint, the metrics, the
-//! counters, the log's writer, the signals, and plugin text made safe for their logs. The
-//! ground floor: every other layer may use it, and it uses none of them.
+//! counters, the log's line format, the signals, and plugin text made safe
+//! for their logs. The ground floor: every other layer may use it, and it
+//! uses none of them.
 
 pub mod admin;
 pub mod counters;

@@ -95,7 +95,7 @@ pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Reloads)> {
                     exit_after(drain_timeout.get().saturating_add(DRAIN_MARGIN));
                 } else {
                     warn!(target: "portico_host::signals", "{name} again: exiting without draining");
-                    crate::ops::log::exit(1);
+                    std::process::exit(1);
                 }
             }
         })
@@ -114,7 +114,7 @@ fn exit_after(deadline: Duration) {
                 "still running {} after the stop signal: exiting",
                 humantime::format_duration(deadline)
             );
-            crate::ops::log::exit(1);
+            std::process::exit(1);
         });
     if let Err(error) = started {
         error!(target: "portico_host::signals", "cannot start the exit deadline: {error}");
