@@ -112,17 +112,28 @@ impl Socket {
         self.last_activity_ms.store(now, Ordering::Relaxed);
     }
 
-    /// Marks the socket not readable after a read that returned less than
-    /// it asked for: TCP's receive queue was emptied. Otherwise tokio
-    /// believes it readable until a read fails with `WouldBlock`, and the
-    /// plugin's next `blocking-read` would make that read (a system call)
-    /// before it waits: one per request of every request-response exchange.
-    /// Bytes that arrive meanwhile make it readable again, as tokio only
-    /// clears the readiness it has seen.
-    fn drained(&self) {
-        let _ = self.tcp.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    /// Reads what the client has sent into `chunk`, without waiting. A read
+    /// that returns less than `size` has emptied TCP's receive queue, and
+    /// the socket is then marked not readable. Otherwise tokio believes it
+    /// readable until a read fails with `WouldBlock`, and the plugin's next
+    /// `blocking-read` would make that read (a system call) before it
+    /// waits: one per request of every request-response exchange. The mark
+    /// is made as the read's own `WouldBlock`, inside `try_io`, so that
+    /// bytes tokio learns of after the read began leave the socket readable.
+    fn read_marking_drained(&self, chunk: &mut BytesMut, size: usize) -> io::Result<usize> {
+        let mut short_read = None;
+        let read = self.tcp.try_io(tokio::io::Interest::READABLE, || {
+            let n = self.tcp.try_read_buf(chunk)?;
+            if n > 0 && n < size {
+                short_read = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
         });
+        match (read, short_read) {
+            (Err(error), Some(n)) if error.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            (read, _) => read,
+        }
     }
 
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
@@ -367,12 +378,10 @@ impl InputStream for SocketInput {
         let mut chunk = BytesMut::with_capacity(size);
         let read = match self.socket.tls() {
             Some(mut tls) => self.socket.tls_read(&mut tls, &mut chunk, size),
-            None => self.socket.tcp.try_read_buf(&mut chunk).inspect(|&n| {
-                self.socket.moved(&self.socket.bytes_in, n);
-                if n > 0 && n < size {
-                    self.socket.drained();
-                }
-            }),
+            None => self
+                .socket
+                .read_marking_drained(&mut chunk, size)
+                .inspect(|&n| self.socket.moved(&self.socket.bytes_in, n)),
         };
         match read {
             Ok(0) if size > 0 => {
