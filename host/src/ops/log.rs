@@ -47,3 +47,74 @@ where
         writer.write_char('\n')
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Lines written to memory, to compare.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Lines;
+
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
+    }
+
+    /// Logs the same events through `subscriber`, as the host's lines look.
+    fn logged(subscriber: impl Subscriber + Send + Sync, lines: &Lines) -> String {
+        tracing::subscriber::with_default(subscriber, || {
+            let peer: std::net::SocketAddr = "127.0.0.1:5555".parse().unwrap();
+            tracing::info!(target: "portico_host::server", service = "echo", conn = 7, %peer, "accepted");
+            tracing::warn!(target: "portico_host::server", error = "a \"quoted\"\nline", "closed");
+            tracing::error!("cannot start: {}", "reason");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        // The timestamps differ; all after them must not.
+        text.lines()
+            .map(|line| line.split_once(' ').map_or(line, |(_, rest)| rest))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn writes_what_the_full_formatter_writes_without_colours() {
+        let (full, ours) = (Lines::default(), Lines::default());
+        let full_text = logged(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(full.clone())
+                .finish(),
+            &full,
+        );
+        let our_text = logged(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .event_format(LineFormat)
+                .with_writer(ours.clone())
+                .finish(),
+            &ours,
+        );
+        assert_eq!(our_text.lines().count(), 3, "{our_text}");
+        assert_eq!(our_text, full_text);
+    }
+}
