@@ -25,8 +25,8 @@
 //! - [`net`]: the client's socket as the streams `run` borrows, the PROXY
 //!   protocol header, TLS.
 //! - [`ops`]: what operators see: the admin endpoint and metrics (steering
-//!   the server through a trait it implements), counters, signals, and
-//!   plugin text escaped for the log.
+//!   the server through a trait it implements), counters, signals, the
+//!   log's line format, and plugin text escaped for the log.
 //!
 //! # A connection's path
 //!
