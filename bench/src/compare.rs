@@ -11,16 +11,16 @@
 //! a file, as operators run it. Figures are medians over rounds.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::echo::{Cpu, Figures, first_echo, measure_idle};
 use crate::load;
 use crate::pin::{Layout, pin_current_thread};
-use crate::server::{CpuTime, Server, command_on, process_cpu};
+use crate::server::{Server, command_on, minor_faults};
 
 /// Concurrent clients of the connection-rate scenario, as `cargo xtask
 /// bench` drives it.
@@ -70,26 +70,6 @@ impl Variant {
     }
 }
 
-/// One variant's figures in one round.
-#[derive(Clone, Copy, Debug, Default)]
-struct Round {
-    conn_user_us: f64,
-    conn_kernel_us: f64,
-    conn_rate: f64,
-    fresh_p50_us: f64,
-    /// Minor page faults per connection.
-    conn_faults: f64,
-    conn_client_pct: f64,
-    pp_user_us: f64,
-    pp_kernel_us: f64,
-    pp_rate: f64,
-    pp_client_pct: f64,
-    /// Resident KiB per idle connection, and MiB still resident 5 s after
-    /// they closed (see `echo::measure_idle`); 0 without `--idle`.
-    idle_kib: f64,
-    after_close_mib: f64,
-}
-
 /// Measures the native baseline and every variant, `rounds` times each,
 /// `seconds` per scenario, and prints a table of medians.
 pub fn run(
@@ -108,7 +88,7 @@ pub fn run(
     std::fs::create_dir_all(&logs).context("cannot make a folder for the hosts' logs")?;
     let mut all = vec![Variant::native()];
     all.extend_from_slice(variants);
-    let mut measured: BTreeMap<usize, Vec<Round>> = BTreeMap::new();
+    let mut measured: BTreeMap<usize, Vec<Figures>> = BTreeMap::new();
     let duration = Duration::from_secs(seconds);
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..all.len()).collect();
@@ -150,23 +130,28 @@ fn start(variant: &Variant, plugin: &Path, cpu: usize, logs: &Path, idle: usize)
     Server::spawn(command, &variant.name)
 }
 
-async fn measure(server: &Server, duration: Duration, idle: usize) -> Result<Round> {
+/// One round on `server`: the figures under the keys `cargo xtask bench`
+/// gives them (`conn_user`, `pp_kernel`, `conn_rate`, ...), and `faults`.
+async fn measure(server: &Server, duration: Duration, idle: usize) -> Result<Figures> {
     first_echo(server.addr).await?;
-    let mut round = Round::default();
+    let mut figures = Figures::new();
+    let pid = server.child.id();
 
-    let before = Sample::take(server)?;
+    let (cpu, faults) = (Cpu::start(server)?, minor_faults(pid)?);
     let fresh = load::conn_rate(server.addr, CLIENTS, duration).await?;
-    let after = Sample::take(server)?;
     let connections = fresh.latencies.len() as f64;
-    let (user, kernel, client) = before.per_operation(&after, connections);
-    round.conn_user_us = user;
-    round.conn_kernel_us = kernel;
-    round.conn_client_pct = client;
-    round.conn_faults = (after.faults - before.faults) / connections;
-    round.conn_rate = fresh.per_second;
-    round.fresh_p50_us = load::quantile(&fresh.latencies, 0.5).as_secs_f64() * 1e6;
+    cpu.record(server, connections, 1e6, "conn", &mut figures)?;
+    figures.insert(
+        "faults".into(),
+        (minor_faults(pid)? - faults) / connections.max(1.0),
+    );
+    figures.insert("conn_rate".into(), fresh.per_second);
+    figures.insert(
+        "fresh_p50".into(),
+        load::quantile(&fresh.latencies, 0.5).as_secs_f64() * 1e6,
+    );
 
-    let before = Sample::take(server)?;
+    let cpu = Cpu::start(server)?;
     let pp = load::ping_pong(
         server.addr,
         PING_PONG_CONNECTIONS,
@@ -174,71 +159,23 @@ async fn measure(server: &Server, duration: Duration, idle: usize) -> Result<Rou
         duration,
     )
     .await?;
-    let after = Sample::take(server)?;
     let round_trips = pp.mib_per_second * (1 << 20) as f64 / PING_PONG_BYTES as f64;
-    let (user, kernel, client) = before.per_operation(&after, round_trips * duration.as_secs_f64());
-    round.pp_user_us = user;
-    round.pp_kernel_us = kernel;
-    round.pp_client_pct = client;
-    round.pp_rate = round_trips;
+    cpu.record(
+        server,
+        round_trips * duration.as_secs_f64(),
+        1e6,
+        "pp",
+        &mut figures,
+    )?;
+    figures.insert("pp_rate".into(), round_trips);
 
     if idle > 0 {
-        let mut figures = crate::echo::Figures::new();
-        crate::echo::measure_idle(server, idle, &mut figures).await?;
-        round.idle_kib = figures["idle_rss"];
-        round.after_close_mib = figures["after_close"];
+        measure_idle(server, idle, &mut figures).await?;
     }
-    Ok(round)
+    Ok(figures)
 }
 
-/// The server's and the client's CPU, and the server's minor page faults,
-/// at one moment.
-struct Sample {
-    server: CpuTime,
-    client: CpuTime,
-    faults: f64,
-    at: Instant,
-}
-
-impl Sample {
-    fn take(server: &Server) -> Result<Sample> {
-        Ok(Sample {
-            server: server.cpu()?,
-            client: process_cpu(std::process::id())?,
-            faults: minor_faults(server.child.id())?,
-            at: Instant::now(),
-        })
-    }
-
-    /// The server's user and kernel CPU per operation, in µs, and the
-    /// client's share of its core, in percent, from `self` to `after`.
-    fn per_operation(&self, after: &Sample, operations: f64) -> (f64, f64, f64) {
-        let server = after.server - self.server;
-        let client = after.client - self.client;
-        let per = |seconds: f64| seconds * 1e6 / operations.max(f64::MIN_POSITIVE);
-        let share = 100.0 * client.total_s() / (after.at - self.at).as_secs_f64();
-        (per(server.user_s), per(server.system_s), share)
-    }
-}
-
-/// Minor page faults process `pid` has taken so far (`minflt` in
-/// `/proc/PID/stat`).
-fn minor_faults(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-    let field = after_name.split_whitespace().nth(7).context("short stat")?;
-    Ok(field.parse()?)
-}
-
-/// One connection and echo, so that the server is warm before it is
-/// measured.
-async fn first_echo(addr: SocketAddr) -> Result<()> {
-    load::conn_rate(addr, 1, Duration::from_millis(100))
-        .await
-        .map(drop)
-}
-
-fn report(all: &[Variant], measured: &BTreeMap<usize, Vec<Round>>, rounds: usize, seconds: u64) {
+fn report(all: &[Variant], measured: &BTreeMap<usize, Vec<Figures>>, rounds: usize, seconds: u64) {
     println!(
         "Builds compared: pinned (server CPU 0, client CPU 1), medians of {rounds} rounds, \
          {seconds} s per scenario"
@@ -251,38 +188,39 @@ fn report(all: &[Variant], measured: &BTreeMap<usize, Vec<Round>>, rounds: usize
     println!(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    let median = |index: usize, figure: fn(&Round) -> f64| -> f64 {
-        let mut values: Vec<f64> = measured[&index].iter().map(figure).collect();
+    // Each column is its own median, so user and kernel need not add up
+    // to the total exactly. A figure a round did not measure (memory
+    // without `--idle`) shows as 0.
+    let median = |index: usize, key: &str| -> f64 {
+        let mut values: Vec<f64> = measured[&index]
+            .iter()
+            .map(|figures| figures.get(key).copied().unwrap_or(0.0))
+            .collect();
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    // Each column is its own median, so user and kernel need not add up
-    // to the total exactly.
-    let native_conn = median(0, |r| r.conn_rate);
-    let native_pp = median(0, |r| r.pp_rate);
+    let (native_conn, native_pp) = (median(0, "conn_rate"), median(0, "pp_rate"));
     for (index, variant) in all.iter().enumerate() {
-        let m = |figure: fn(&Round) -> f64| median(index, figure);
-        let (cu, ck) = (m(|r| r.conn_user_us), m(|r| r.conn_kernel_us));
-        let (pu, pk) = (m(|r| r.pp_user_us), m(|r| r.pp_kernel_us));
+        let m = |key: &str| median(index, key);
         println!(
             "| {} | {:.1} ({:.1} + {:.1}) | {:.1} | {:.0} | {:.2} | {:.0} | {:.0}% | {:.2} ({:.2} + {:.2}) | {:.0} | {:.2} | {:.0}% | {:.1} | {:+.1} |",
             variant.name,
-            m(|r| r.conn_user_us + r.conn_kernel_us),
-            cu,
-            ck,
-            m(|r| r.conn_faults),
-            m(|r| r.conn_rate),
-            m(|r| r.conn_rate) / native_conn,
-            m(|r| r.fresh_p50_us),
-            m(|r| r.conn_client_pct),
-            m(|r| r.pp_user_us + r.pp_kernel_us),
-            pu,
-            pk,
-            m(|r| r.pp_rate),
-            m(|r| r.pp_rate) / native_pp,
-            m(|r| r.pp_client_pct),
-            m(|r| r.idle_kib),
-            m(|r| r.after_close_mib),
+            m("conn_total"),
+            m("conn_user"),
+            m("conn_kernel"),
+            m("faults"),
+            m("conn_rate"),
+            m("conn_rate") / native_conn,
+            m("fresh_p50"),
+            m("conn_client"),
+            m("pp_total"),
+            m("pp_user"),
+            m("pp_kernel"),
+            m("pp_rate"),
+            m("pp_rate") / native_pp,
+            m("pp_client"),
+            m("idle_rss"),
+            m("after_close"),
         );
     }
 }

@@ -46,14 +46,14 @@ impl Results {
 /// operation, split into user space and kernel, and the load generator's
 /// own CPU, which shows when the client rather than the server set the
 /// pace.
-struct Cpu {
+pub struct Cpu {
     server: CpuTime,
     client: CpuTime,
     started: Instant,
 }
 
 impl Cpu {
-    fn start(server: &Server) -> Result<Cpu> {
+    pub fn start(server: &Server) -> Result<Cpu> {
         Ok(Cpu {
             server: server.cpu()?,
             client: process_cpu(std::process::id())?,
@@ -64,7 +64,7 @@ impl Cpu {
     /// Records, under `prefix`, the server's user and kernel CPU per
     /// operation in `unit` (seconds times `unit`), and the client's share
     /// of one core.
-    fn record(
+    pub fn record(
         self,
         server: &Server,
         operations: f64,
@@ -237,7 +237,7 @@ pub async fn measure_idle(server: &Server, idle: usize, figures: &mut Figures) -
 }
 
 /// Waits until the server echoes on a fresh connection.
-async fn first_echo(addr: SocketAddr) -> Result<()> {
+pub async fn first_echo(addr: SocketAddr) -> Result<()> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"!").await?;
     let mut back = [0u8; 1];

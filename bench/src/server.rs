@@ -56,20 +56,35 @@ impl std::ops::Sub for CpuTime {
     }
 }
 
-/// CPU time process `pid` has used so far, in user space and in the kernel.
-pub fn process_cpu(pid: u32) -> Result<CpuTime> {
+/// Fields 10 to 15 of `/proc/PID/stat`: minflt, cminflt, majflt, cmajflt,
+/// utime, stime.
+fn stat_counters(pid: u32) -> Result<[f64; 6]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name, in parentheses, may hold spaces: fields are
-    // counted from after it. utime and stime are fields 14 and 15.
+    // counted from after it.
     let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let mut ticks = || -> Result<f64> { Ok(fields.next().context("short stat")?.parse()?) };
+    let mut fields = after_name.split_whitespace().skip(7);
+    let mut counters = [0.0; 6];
+    for counter in &mut counters {
+        *counter = fields.next().context("short stat")?.parse()?;
+    }
+    Ok(counters)
+}
+
+/// CPU time process `pid` has used so far, in user space and in the kernel.
+pub fn process_cpu(pid: u32) -> Result<CpuTime> {
+    let [.., utime, stime] = stat_counters(pid)?;
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(CpuTime {
-        user_s: ticks()? / per_second,
-        system_s: ticks()? / per_second,
+        user_s: utime / per_second,
+        system_s: stime / per_second,
     })
+}
+
+/// Minor page faults process `pid` has taken so far.
+pub fn minor_faults(pid: u32) -> Result<f64> {
+    Ok(stat_counters(pid)?[0])
 }
 
 /// CPU time of this process's children that have ended and been waited

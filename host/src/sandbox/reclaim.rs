@@ -5,7 +5,9 @@
 //!   call per batch rather than per connection, see [`crate::sandbox::engine`]).
 //!   Until its batch is full, a freed slot keeps every page its plugin
 //!   touched: up to `--max-memory` each, for up to a batch of slots per
-//!   queue (one queue per core).
+//!   queue (one queue per core). (What a slot keeps on purpose, the pages
+//!   of its first 32 KiB reset for the next instance, is not queued and
+//!   stays; see the engine.)
 //! - glibc keeps freed heap in its per-thread arenas, fragmented: after a
 //!   peak of 10,000 connections, over 100 MiB.
 //!
