@@ -12,7 +12,7 @@ use portico_host::ops::counters::Counters;
 use portico_host::sandbox::MemoryInit;
 use portico_host::sandbox::bindings::ConnectionInfo;
 use portico_host::sandbox::plugin::Plugin;
-use portico_host::sandbox::{self, EpochTicker, Outcome, Sandbox};
+use portico_host::sandbox::{self, CpuBudget, EpochTicker, Outcome, Sandbox};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,7 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
         limits,
         counters: Arc::new(Counters::default()),
         stop: CancellationToken::new(),
+        draining: CancellationToken::new(),
         outbound: None,
         buckets: Default::default(),
         messaging: None,
@@ -70,7 +71,8 @@ pub async fn measure(plugin_path: &Path, iterations: u32) -> Result<Instantiatio
             local_address: addr.to_string(),
         };
         let began = Instant::now();
-        let served = sandbox.serve(&info, &socket, began).await;
+        let mut cpu = CpuBudget::new(sandbox.limits.cpu_budget, Duration::ZERO);
+        let served = sandbox.serve(&info, &socket, began, &mut cpu, None).await;
         spent += began.elapsed();
         if !matches!(served.outcome, Outcome::Finished) {
             anyhow::bail!("the empty run did not finish cleanly");

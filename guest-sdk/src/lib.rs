@@ -54,7 +54,8 @@
 //! operator granted it, connect to other servers with [`net::TcpStream`], and
 //! serve the client and those servers at once with [`net::wait_readable`];
 //! keep state beyond one connection in a [`keyvalue::Bucket`]; reach other
-//! connections with [`pubsub`].
+//! connections with [`pubsub`]. An idle connection can give its instance
+//! back and keep its socket with [`hibernation`].
 //! Files, environment variables, arguments, and sockets or name lookups
 //! beyond the grant are not available: the calls for them fail with an
 //! error.
@@ -67,6 +68,7 @@
 
 pub mod config;
 mod connection;
+pub mod hibernation;
 pub mod keyvalue;
 pub mod net;
 pub mod pubsub;

@@ -12,13 +12,16 @@ use crate::bindings::portico::plugin::pubsub::{self, Error};
 use crate::bindings::wasi::io::poll::Pollable;
 use crate::net::Readable;
 
-/// Messages published to one topic since subscribing.
-pub struct Subscription(pubsub::Subscription);
+/// Messages published to one topic since subscribing. Dropping it
+/// unsubscribes, except after a successful
+/// [`hibernate`](crate::hibernation::hibernate): the connection then keeps
+/// it for its next instance.
+pub struct Subscription(Option<pubsub::Subscription>);
 
 /// Starts receiving what is published to `topic` (dot-separated words).
 pub fn subscribe(topic: &str) -> crate::Result<Subscription> {
     pubsub::subscribe(topic)
-        .map(Subscription)
+        .map(Subscription::new)
         .map_err(|error| describe(&format!("subscribing to {topic:?}"), error))
 }
 
@@ -30,21 +33,45 @@ pub fn publish(topic: &str, payload: &[u8]) -> crate::Result {
 }
 
 impl Subscription {
+    pub(crate) fn new(subscription: pubsub::Subscription) -> Self {
+        Self(Some(subscription))
+    }
+
+    fn handle(&self) -> &pubsub::Subscription {
+        // Only `drop` takes it.
+        self.0
+            .as_ref()
+            .expect("a subscription is held until dropped")
+    }
+
     /// The oldest message waiting, if any; never waits.
     pub fn try_receive(&self) -> Option<Message> {
-        self.0.receive()
+        self.handle().receive()
     }
 
     /// How many messages were lost since the last call because this
     /// subscription's queue was full.
     pub fn dropped(&self) -> u64 {
-        self.0.dropped()
+        self.handle().dropped()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The host keeps the subscriptions an instance still holds when a
+        // `run` that asked to hibernate returns: those Rust drops on the way
+        // out must stay held.
+        if let Some(subscription) = self.0.take()
+            && crate::hibernation::is_requested()
+        {
+            std::mem::forget(subscription);
+        }
     }
 }
 
 impl Readable for Subscription {
     fn readable(&self) -> Pollable {
-        self.0.subscribe()
+        self.handle().subscribe()
     }
 }
 

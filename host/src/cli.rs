@@ -18,8 +18,9 @@ use crate::capabilities::keyvalue::{BackendSpec, BucketSpec};
 use crate::capabilities::messaging::Pattern;
 use crate::capabilities::outbound::Rule;
 use crate::config::defaults::{
-    self, CONNECT_TIMEOUT, CPU_BUDGET, DRAIN_TIMEOUT, DurationBounds, IDLE_TIMEOUT,
-    LOG_LINES_PER_SECOND, MAX_CONNECTIONS, MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS,
+    self, CONNECT_TIMEOUT, CPU_BUDGET, CPU_REFILL, DRAIN_TIMEOUT, DurationBounds,
+    HIBERNATED_IDLE_TIMEOUT, IDLE_TIMEOUT, LOG_LINES_PER_SECOND, MAX_CONNECTIONS, MAX_HIBERNATED,
+    MAX_HIBERNATION_STATE, MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS,
     MAX_OUTBOUND_SOCKETS_PER_SERVICE, MAX_QUEUED, TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::config::{self, Config, Limits, LogFormat, PeerFilter};
@@ -167,6 +168,26 @@ pub struct LimitFlags {
     /// `timeout`.
     #[arg(long, value_name = "DURATION", default_value_t = CONNECT_TIMEOUT.default.into(), value_parser = duration_parser(CONNECT_TIMEOUT.bounds), conflicts_with = "config_file")]
     pub connect_timeout: humantime::Duration,
+
+    /// CPU time given back to a connection's --cpu-budget per minute of its
+    /// life, up to the budget; 0s never gives any back.
+    #[arg(long, value_name = "DURATION", default_value_t = CPU_REFILL.default.into(), value_parser = duration_parser(CPU_REFILL.bounds), conflicts_with = "config_file")]
+    pub cpu_refill: humantime::Duration,
+
+    /// Hibernated connections (kept open without an instance) the service
+    /// may hold at once; past it, `hibernate` is refused. 0 turns
+    /// hibernation off.
+    #[arg(long, value_name = "N", default_value_t = MAX_HIBERNATED.default, value_parser = MAX_HIBERNATED.bounds.parser(), conflicts_with = "config_file")]
+    pub max_hibernated: u32,
+
+    /// Largest state, in bytes, a plugin may hibernate with.
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_HIBERNATION_STATE.default, value_parser = MAX_HIBERNATION_STATE.bounds.parser(), conflicts_with = "config_file")]
+    pub max_hibernation_state: u32,
+
+    /// Close a hibernated connection when no byte has moved in either
+    /// direction for this long.
+    #[arg(long, value_name = "DURATION", default_value_t = HIBERNATED_IDLE_TIMEOUT.default.into(), value_parser = duration_parser(HIBERNATED_IDLE_TIMEOUT.bounds), conflicts_with = "config_file")]
+    pub hibernated_idle_timeout: humantime::Duration,
 }
 
 /// What the plugin may reach beyond its connection: nothing unless granted.
@@ -304,6 +325,10 @@ impl LimitFlags {
             max_outbound_sockets: self.max_outbound_sockets,
             max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
             connect_timeout: *self.connect_timeout,
+            cpu_refill: *self.cpu_refill,
+            max_hibernated: self.max_hibernated,
+            max_hibernation_state: self.max_hibernation_state,
+            hibernated_idle_timeout: *self.hibernated_idle_timeout,
         })
     }
 }

@@ -60,3 +60,18 @@ fn answers_garbage_with_400() {
     assert_eq!(&response, b"HTTP/1.1 400");
     assert_closed(&mut stream);
 }
+
+/// An http-hello built against the 0.3.0 contract (kept as a fixture) is
+/// linked to the current `connection` interface: `/whoami` still learns
+/// that the address is not a proxy's.
+#[test]
+fn an_http_hello_built_against_0_3_0_reads_its_connection() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/http-hello-0.3.0.wasm");
+    let host = Host::start_file(&fixture, &[]);
+    let mut response = ureq::get(&format!("http://{}/whoami", host.addr))
+        .call()
+        .expect("GET /whoami");
+    let body = response.body_mut().read_to_string().unwrap();
+    assert!(body.contains("proxied: false"), "{body}");
+}

@@ -30,16 +30,19 @@ fn redis_kv_config(scratch: &Scratch, bucket: &str) -> std::path::PathBuf {
 
 /// redis-cli and redis-benchmark against the redis-kv plugin on its shipped
 /// config (memory bucket): what one connection sets, the next reads; every
-/// command answers as Redis would; the benchmark sees no error.
+/// command answers as Redis would; the benchmark sees no error. Between
+/// commands, the connections hibernate.
 #[test]
 fn redis_kv_serves_redis_clients() {
     let scratch = Scratch::new("redis-kv");
-    let host = Host::start_config(
-        &redis_kv_config(&scratch, "backend = \"memory\""),
-        &[],
-        1,
-        false,
-    );
+    let config = redis_kv_config(&scratch, "backend = \"memory\"");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n{text}"),
+    )
+    .unwrap();
+    let host = Host::start_config(&config, &[], 1, true);
     let kv = host.service("redis-kv");
 
     assert_eq!(cli(kv, &["PING"]), "PONG");
@@ -95,6 +98,8 @@ fn redis_kv_serves_redis_clients() {
     );
     // redis-benchmark's INCR counts one key up once per request.
     assert_eq!(cli(kv, &["GET", "counter:__rand_int__"]), "100000");
+    let wakes = host.metric(r#"portico_wakes_total{service="redis-kv",reason="client-data"}"#);
+    assert!(wakes > 1000.0, "{wakes} wakes");
 }
 
 /// With the file backend, what was set survives the host being killed with

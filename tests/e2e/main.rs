@@ -20,6 +20,10 @@ mod deploy;
 /// Echo: byte-exact at every size, under concurrency, and on half-close
 /// and reset.
 mod echo;
+/// Hibernation: an idle connection gives its instance and place back,
+/// wakes on data, a timer, the client closing or a drain, into the version
+/// in force, within its limits.
+mod hibernation;
 /// http-hello: a real HTTP client, keep-alive, and garbage.
 mod http;
 /// Misbehaving plugins close only their own connection.

@@ -103,6 +103,30 @@ fn chat_rooms_carry_lines_between_connections() {
         ),
         1.0
     );
+
+    // Between lines every member hibernates; a line wakes the members of
+    // its room who did not say it, and nobody else.
+    let hibernated = r#"portico_connections_hibernated{service="chat"}"#;
+    let message_wakes = r#"portico_wakes_total{service="chat",reason="message"}"#;
+    host_metric_reaches(&host, hibernated, 3.0);
+    let before = host.metric(message_wakes);
+    writeln!(alice, "still there, bob?").unwrap();
+    assert_eq!(read_line(&mut bob), "alice: still there, bob?\n");
+    host_metric_reaches(&host, hibernated, 3.0);
+    assert_eq!(host.metric(message_wakes), before + 1.0);
+}
+
+/// Waits until `series` on `host`'s admin endpoint reads `value`.
+fn host_metric_reaches(host: &Host, series: &str, value: f64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while host.metric(series) != value {
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {}, not {value}",
+            host.metric(series)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Two hosts on one NATS server: a line said on one reaches the room's
@@ -167,14 +191,21 @@ fn chat_goes_on_while_nats_is_away() {
     }
 }
 
-/// A chat plugin built against the 0.2.0 contract (kept as a fixture) is
-/// linked to the current pubsub: its members and those of the current
-/// chat, in one host, share rooms, and its refusals still arrive as
-/// `access-denied`.
+/// Chat plugins built against the 0.2.0 and 0.3.0 contracts (kept as
+/// fixtures) are linked to the current pubsub: their members and those of
+/// the current chat, in one host, share rooms, and their refusals still
+/// arrive as `access-denied`.
 #[test]
-fn a_chat_built_against_0_2_0_shares_rooms_with_the_current_one() {
-    let scratch = Scratch::new("chat-0-2-0");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chat-0.2.0.wasm");
+fn chats_built_against_earlier_contracts_share_rooms_with_the_current_one() {
+    for version in ["0.2.0", "0.3.0"] {
+        an_earlier_chat_shares_rooms(version);
+    }
+}
+
+fn an_earlier_chat_shares_rooms(version: &str) {
+    let scratch = Scratch::new(&format!("chat-{version}"));
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../tests/fixtures/chat-{version}.wasm"));
     let config = scratch.config(&format!(
         r#"
         [services.chat]
@@ -200,10 +231,13 @@ fn a_chat_built_against_0_2_0_shares_rooms_with_the_current_one() {
     writeln!(old, "/join lobby").unwrap();
     assert_eq!(read_line(&mut old), "* you are in lobby\n");
     assert_eq!(read_line(&mut alice), "* bob joined\n");
-    writeln!(old, "hello from 0.2.0").unwrap();
-    assert_eq!(read_line(&mut alice), "bob: hello from 0.2.0\n");
-    writeln!(alice, "hello from 0.3.0").unwrap();
-    assert_eq!(read_line(&mut old), "alice: hello from 0.3.0\n");
+    writeln!(old, "hello from {version}").unwrap();
+    assert_eq!(
+        read_line(&mut alice),
+        format!("bob: hello from {version}\n")
+    );
+    writeln!(alice, "hello from the current chat").unwrap();
+    assert_eq!(read_line(&mut old), "alice: hello from the current chat\n");
     writeln!(old, "/join quiet").unwrap();
     assert_eq!(
         read_line(&mut old),

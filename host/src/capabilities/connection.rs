@@ -22,7 +22,7 @@ pub mod bindings {
             package portico:host;
 
             world connection {
-                import portico:plugin/connection@0.3.0;
+                import portico:plugin/connection@0.4.0;
             }
         ",
         world: "portico:host/connection",
@@ -55,9 +55,25 @@ impl HasData for HasConnection {
 }
 
 /// Links `portico:plugin/connection` for stores whose data reaches a
-/// [`ConnectionCtx`].
+/// [`ConnectionCtx`], at the contract's version and at 0.3.0's.
 pub fn add_to_linker<T: ConnectionView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    connection::add_to_linker::<T, HasConnection>(linker, T::connection)
+    connection::add_to_linker::<T, HasConnection>(linker, T::connection)?;
+    add_0_3_to_linker(linker)
+}
+
+/// Links 0.3.0's `connection`, which is the same interface: since 0.x minor
+/// versions are not semver-compatible, wasmtime would not link it to the
+/// current one by itself. Records are checked by their shape, so the
+/// current types serve.
+fn add_0_3_to_linker<T: ConnectionView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    let mut earlier = linker.instance("portico:plugin/connection@0.3.0")?;
+    earlier.func_wrap("tls", |mut store, (): ()| {
+        Ok((Host::tls(&mut store.data_mut().connection()),))
+    })?;
+    earlier.func_wrap("proxied", |mut store, (): ()| {
+        Ok((Host::proxied(&mut store.data_mut().connection()),))
+    })?;
+    Ok(())
 }
 
 impl Host for &ConnectionCtx {

@@ -450,7 +450,8 @@ impl Document<'_> {
     /// applied, each checked.
     fn limits(&self, keys: &LimitKeys<'_>, mut base: Limits, table: &str) -> Result<Limits> {
         use defaults::{
-            CONNECT_TIMEOUT, CPU_BUDGET, IDLE_TIMEOUT, LOG_LINES_PER_SECOND, MAX_CONNECTIONS,
+            CONNECT_TIMEOUT, CPU_BUDGET, CPU_REFILL, HIBERNATED_IDLE_TIMEOUT, IDLE_TIMEOUT,
+            LOG_LINES_PER_SECOND, MAX_CONNECTIONS, MAX_HIBERNATED, MAX_HIBERNATION_STATE,
             MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS, MAX_OUTBOUND_SOCKETS_PER_SERVICE,
             MAX_QUEUED, memory_bytes,
         };
@@ -493,6 +494,26 @@ impl Document<'_> {
         if let Some(text) = keys.connect_timeout {
             base.connect_timeout =
                 self.duration(text, &key("connect-timeout"), CONNECT_TIMEOUT.bounds)?;
+        }
+        if let Some(text) = keys.cpu_refill {
+            base.cpu_refill = self.duration(text, &key("cpu-refill"), CPU_REFILL.bounds)?;
+        }
+        if let Some(n) = keys.max_hibernated {
+            base.max_hibernated = self.count(n, &key("max-hibernated"), MAX_HIBERNATED.bounds)?;
+        }
+        if let Some(n) = keys.max_hibernation_state {
+            base.max_hibernation_state = self.count(
+                n,
+                &key("max-hibernation-state"),
+                MAX_HIBERNATION_STATE.bounds,
+            )?;
+        }
+        if let Some(text) = keys.hibernated_idle_timeout {
+            base.hibernated_idle_timeout = self.duration(
+                text,
+                &key("hibernated-idle-timeout"),
+                HIBERNATED_IDLE_TIMEOUT.bounds,
+            )?;
         }
         Ok(base)
     }

@@ -40,6 +40,10 @@ pub fn default_limits() -> Limits {
         max_outbound_sockets: MAX_OUTBOUND_SOCKETS.default,
         max_outbound_sockets_per_service: MAX_OUTBOUND_SOCKETS_PER_SERVICE.default,
         connect_timeout: CONNECT_TIMEOUT.default,
+        cpu_refill: CPU_REFILL.default,
+        max_hibernated: MAX_HIBERNATED.default,
+        max_hibernation_state: MAX_HIBERNATION_STATE.default,
+        hibernated_idle_timeout: HIBERNATED_IDLE_TIMEOUT.default,
     }
 }
 
@@ -146,6 +150,11 @@ pub const MAX_MEMORY: CountSetting = CountSetting::new(64, 1, MAX_MEMORY_MIB);
 pub const LOG_LINES_PER_SECOND: CountSetting = CountSetting::new(100, 0, u32::MAX);
 pub const MAX_OUTBOUND_SOCKETS: CountSetting = CountSetting::new(8, 0, u32::MAX);
 pub const MAX_OUTBOUND_SOCKETS_PER_SERVICE: CountSetting = CountSetting::new(1024, 0, u32::MAX);
+/// Zero turns hibernation off: every `hibernate` call is refused. The
+/// real bound is open files, which the host checks at start.
+pub const MAX_HIBERNATED: CountSetting = CountSetting::new(10_000, 0, u32::MAX);
+/// In bytes: 64 KiB by default, 16 MiB at most.
+pub const MAX_HIBERNATION_STATE: CountSetting = CountSetting::new(64 << 10, 0, 16 << 20);
 /// A bucket's `max-keys` and `max-bytes` (their defaults are
 /// [`BUCKET_MAX_KEYS`] and [`BUCKET_MAX_BYTES`]): a bucket with no room is
 /// refused.
@@ -162,6 +171,12 @@ pub const IDLE_TIMEOUT: DurationSetting =
 pub const MAX_LIFETIME: DurationBounds = DurationBounds::AnyLength;
 pub const DRAIN_TIMEOUT: DurationSetting =
     DurationSetting::new(Duration::from_secs(30), DurationBounds::AnyLength);
+/// Per minute of a connection's life: 1 s, a sixtieth of a core. Zero
+/// gives a connection its budget once, for its whole life.
+pub const CPU_REFILL: DurationSetting =
+    DurationSetting::new(Duration::from_secs(1), DurationBounds::AnyLength);
+pub const HIBERNATED_IDLE_TIMEOUT: DurationSetting =
+    DurationSetting::new(Duration::from_secs(3600), DurationBounds::LongerThanZero);
 pub const CONNECT_TIMEOUT: DurationSetting =
     DurationSetting::new(Duration::from_secs(10), DurationBounds::LongerThanZero);
 pub const TLS_HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting::new(

@@ -74,6 +74,10 @@ macro_rules! with_limit_keys {
             pub(super) max_outbound_sockets: Option<Spanned<i64>>,
             pub(super) max_outbound_sockets_per_service: Option<Spanned<i64>>,
             pub(super) connect_timeout: Option<Spanned<String>>,
+            pub(super) cpu_refill: Option<Spanned<String>>,
+            pub(super) max_hibernated: Option<Spanned<i64>>,
+            pub(super) max_hibernation_state: Option<Spanned<i64>>,
+            pub(super) hibernated_idle_timeout: Option<Spanned<String>>,
         }
 
         impl $name {
@@ -91,6 +95,10 @@ macro_rules! with_limit_keys {
                         .max_outbound_sockets_per_service
                         .as_ref(),
                     connect_timeout: self.connect_timeout.as_ref(),
+                    cpu_refill: self.cpu_refill.as_ref(),
+                    max_hibernated: self.max_hibernated.as_ref(),
+                    max_hibernation_state: self.max_hibernation_state.as_ref(),
+                    hibernated_idle_timeout: self.hibernated_idle_timeout.as_ref(),
                 }
             }
         }
@@ -165,4 +173,8 @@ pub(super) struct LimitKeys<'a> {
     pub(super) max_outbound_sockets: Option<&'a Spanned<i64>>,
     pub(super) max_outbound_sockets_per_service: Option<&'a Spanned<i64>>,
     pub(super) connect_timeout: Option<&'a Spanned<String>>,
+    pub(super) cpu_refill: Option<&'a Spanned<String>>,
+    pub(super) max_hibernated: Option<&'a Spanned<i64>>,
+    pub(super) max_hibernation_state: Option<&'a Spanned<i64>>,
+    pub(super) hibernated_idle_timeout: Option<&'a Spanned<String>>,
 }

@@ -76,6 +76,15 @@ pub struct Limits {
     pub max_outbound_sockets_per_service: u32,
     /// How long an outbound connect may take before it fails with `timeout`.
     pub connect_timeout: Duration,
+    /// CPU time given back to a connection's budget per minute of its life,
+    /// up to `cpu_budget`.
+    pub cpu_refill: Duration,
+    /// Hibernated connections the service may hold at once.
+    pub max_hibernated: u32,
+    /// Largest state, in bytes, a plugin may hibernate with.
+    pub max_hibernation_state: u32,
+    /// Close a hibernated connection when no byte has moved for this long.
+    pub hibernated_idle_timeout: Duration,
 }
 
 /// One service: a plugin, the addresses it serves and how.

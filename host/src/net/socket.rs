@@ -211,6 +211,64 @@ impl Socket {
     }
 }
 
+/// What a client did to a connection that nobody was reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// It sent bytes.
+    Data,
+    /// It half-closed or closed the connection, or the connection failed.
+    Closed,
+}
+
+impl Socket {
+    /// Waits until the client sends bytes or closes, and takes nothing: the
+    /// bytes stay for the next reader. On TLS, records that carry no
+    /// plaintext (key updates, say) are processed and do not count.
+    pub async fn client_event(&self) -> ClientEvent {
+        if self.input_ended() {
+            return ClientEvent::Closed;
+        }
+        if self.tls.is_none() {
+            return match self.tcp.peek(&mut [0]).await {
+                Ok(0) | Err(_) => ClientEvent::Closed,
+                Ok(_) => ClientEvent::Data,
+            };
+        }
+        loop {
+            if let Some(event) = self.tls_event() {
+                return event;
+            }
+            if self.tcp.readable().await.is_err() {
+                return ClientEvent::Closed;
+            }
+            let Some(mut tls) = self.tls() else {
+                return ClientEvent::Closed;
+            };
+            match tls.read_tls(&mut TcpIo(&self.tcp)) {
+                Ok(0) => return ClientEvent::Closed,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return ClientEvent::Closed,
+            }
+        }
+    }
+
+    /// What the TLS session holds for a reader: plaintext, the client's
+    /// end, or nothing yet (`None`).
+    fn tls_event(&self) -> Option<ClientEvent> {
+        let mut tls = self.tls()?;
+        let state = tls.process_new_packets();
+        // Alerts and key updates the session owes the client.
+        let _ = self.tls_send(&mut tls);
+        match state {
+            Err(_) => Some(ClientEvent::Closed),
+            Ok(state) if state.plaintext_bytes_to_read() > 0 => Some(ClientEvent::Data),
+            Ok(state) if state.peer_has_closed() => Some(ClientEvent::Closed),
+            Ok(_) => None,
+        }
+    }
+}
+
 /// The socket as blocking-style `Read` and `Write` for rustls, on tokio's
 /// non-blocking `try_read` and `try_write` (which say `WouldBlock`).
 pub struct TcpIo<'a>(&'a TcpStream);

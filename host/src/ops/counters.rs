@@ -85,6 +85,20 @@ counters! {
     bytes_in,
     /// Bytes sent to clients, counted as connections close.
     bytes_out,
+    /// Connections hibernated now: open, without an instance (a part of
+    /// `current`).
+    hibernated,
+    /// Bytes of state the hibernated connections hold now.
+    hibernated_state_bytes,
+    /// Times a connection hibernated.
+    hibernations,
+    /// Wakes of hibernated connections, by what woke them: bytes from the
+    /// client, the client closing, a message, the timer, the drain.
+    wakes_client_data,
+    wakes_client_closed,
+    wakes_message,
+    wakes_timer,
+    wakes_draining,
 }
 
 /// Adds one to `counter`.

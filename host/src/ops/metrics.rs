@@ -90,6 +90,23 @@ fn describe_connections() {
         Unit::Seconds,
         "How long creating a connection's plugin instance took."
     );
+    describe_gauge!(
+        "portico_connections_hibernated",
+        "Connections hibernated now: open, with no instance (a part of portico_connections_active)."
+    );
+    describe_gauge!(
+        "portico_hibernated_state_bytes",
+        Unit::Bytes,
+        "Bytes of plugin state the hibernated connections hold now."
+    );
+    describe_counter!(
+        "portico_hibernations_total",
+        "Times a connection hibernated."
+    );
+    describe_counter!(
+        "portico_wakes_total",
+        "Wakes of hibernated connections, by reason: client-data, client-closed, message, timer, draining."
+    );
     describe_counter!(
         "portico_tls_handshake_failures_total",
         "TLS handshakes that failed, timed out or were abandoned; no instance was created for them."
@@ -167,6 +184,22 @@ pub fn record_counts(service: &str, counters: &Counters) {
         ("drain", &counters.drain_stops),
     ] {
         counter!("portico_connections_closed_total", "service" => label(), "outcome" => outcome)
+            .absolute(get(count));
+    }
+    gauge!("portico_connections_hibernated", "service" => label())
+        .set(get(&counters.hibernated) as f64);
+    gauge!("portico_hibernated_state_bytes", "service" => label())
+        .set(get(&counters.hibernated_state_bytes) as f64);
+    counter!("portico_hibernations_total", "service" => label())
+        .absolute(get(&counters.hibernations));
+    for (reason, count) in [
+        ("client-data", &counters.wakes_client_data),
+        ("client-closed", &counters.wakes_client_closed),
+        ("message", &counters.wakes_message),
+        ("timer", &counters.wakes_timer),
+        ("draining", &counters.wakes_draining),
+    ] {
+        counter!("portico_wakes_total", "service" => label(), "reason" => reason)
             .absolute(get(count));
     }
     counter!("portico_bytes_received_total", "service" => label())

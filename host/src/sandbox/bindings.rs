@@ -18,5 +18,6 @@ wasmtime::component::bindgen!({
         "wasi:keyvalue": crate::capabilities::keyvalue::bindings::wasi::keyvalue,
         "portico:plugin/pubsub": crate::capabilities::messaging::bindings::portico::plugin::pubsub,
         "portico:plugin/connection": crate::capabilities::connection::bindings::portico::plugin::connection,
+        "portico:plugin/hibernation": crate::capabilities::hibernation::bindings::portico::plugin::hibernation,
     },
 });

@@ -1,6 +1,7 @@
-//! The CPU meter: how long a plugin has run, as opposed to waited, and the
-//! epoch tick that makes a busy plugin yield its thread. Together they
-//! bound what one connection can take from the others.
+//! The CPU meter: how long a plugin has run, as opposed to waited, charged
+//! to its connection's budget; and the epoch tick that makes a busy plugin
+//! yield its thread. Together they bound what one connection can take from
+//! the others.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,12 +53,48 @@ pin_project_lite::pin_project! {
     /// again as the plugin's own time. So when the same worker thread comes
     /// back to this future within [`TURNAROUND`] and polled nothing else of
     /// the kind meanwhile, that gap is charged too.
-    pub(super) struct CpuMeter<F> {
+    pub(super) struct CpuMeter<'a, F> {
         #[pin]
         future: F,
         id: u64,
-        spent: Duration,
-        budget: Duration,
+        budget: &'a mut CpuBudget,
+    }
+}
+
+/// What a connection may still spend of the CPU: `cpu-budget` at first,
+/// given back at `cpu-refill` per minute of its life, never above the
+/// budget. So over a long life the budget works as a rate with a burst
+/// allowance: a connection that lives for weeks is not stopped for CPU it
+/// spent long ago, and one woken again and again from hibernation gets no
+/// more than the rate. Every instance of the connection draws on it.
+#[derive(Debug)]
+pub struct CpuBudget {
+    left: Duration,
+    most: Duration,
+    refill_per_minute: Duration,
+    updated: Instant,
+}
+
+impl CpuBudget {
+    pub fn new(most: Duration, refill_per_minute: Duration) -> Self {
+        Self {
+            left: most,
+            most,
+            refill_per_minute,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes `spent` from what is left, after giving back what the time
+    /// since the last charge earned.
+    fn charge(&mut self, spent: Duration, now: Instant) {
+        if !self.refill_per_minute.is_zero() {
+            let minutes = now.saturating_duration_since(self.updated).as_secs_f64() / 60.0;
+            let earned = self.refill_per_minute.mul_f64(minutes);
+            self.left = (self.left + earned).min(self.most);
+        }
+        self.updated = now;
+        self.left = self.left.saturating_sub(spent);
     }
 }
 
@@ -74,41 +111,48 @@ std::thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
-impl<F> CpuMeter<F> {
-    pub(super) fn new(future: F, budget: Duration) -> Self {
+impl<'a, F> CpuMeter<'a, F> {
+    pub(super) fn new(future: F, budget: &'a mut CpuBudget) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
             future,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            spent: Duration::ZERO,
             budget,
         }
     }
 }
 
-impl<F: Future> Future for CpuMeter<F> {
+impl<F: Future> Future for CpuMeter<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let started = Instant::now();
+        // A connection that spent its budget in an earlier instance (one
+        // woken from hibernation) is not let run again until it refills.
+        this.budget.charge(Duration::ZERO, started);
+        if this.budget.left.is_zero() {
+            return Poll::Ready(None);
+        }
+        let mut spent = Duration::ZERO;
         if let Some((last, ended)) = LAST_POLL.get()
             && last == *this.id
         {
             let gap = started.saturating_duration_since(ended);
             if gap < TURNAROUND {
-                *this.spent += gap;
+                spent += gap;
             }
         }
         RUNNING_SINCE.set(Some(started));
         let polled = this.future.poll(cx);
         RUNNING_SINCE.set(None);
         let ended = Instant::now();
-        *this.spent += ended - started;
+        spent += ended - started;
+        this.budget.charge(spent, ended);
         LAST_POLL.set(Some((*this.id, ended)));
         match polled {
             Poll::Ready(output) => Poll::Ready(Some(output)),
-            Poll::Pending if *this.spent >= *this.budget => Poll::Ready(None),
+            Poll::Pending if this.budget.left.is_zero() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -6,8 +6,12 @@
 //!
 //! What a plugin may use is bounded: linear memory (`memory.grow` fails past
 //! the limit), CPU (it yields its thread every [`YIELD_INTERVAL`], and is
-//! stopped once it has run for its budget), idle time, lifetime, and the
-//! resources it may hold.
+//! stopped once it has spent its connection's budget), idle time, lifetime,
+//! and the resources it may hold.
+//!
+//! A connection may be served by several instances in turn: one that
+//! hibernates hands back what its connection keeps ([`Served::hibernation`]),
+//! and the next is given it.
 
 pub mod bindings;
 pub mod cache;
@@ -20,7 +24,7 @@ mod store;
 
 use self::store::ConnState;
 pub use engine::{EpochTicker, MemoryInit, engine, memory_slots, pool_hint};
-pub use meter::YIELD_INTERVAL;
+pub use meter::{CpuBudget, YIELD_INTERVAL};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use self::engine::is_pool_full;
 use self::meter::CpuMeter;
 use self::plugin::{Instance, Plugin};
 use self::store::{StoreParts, new_store};
+use crate::capabilities::hibernation::{Hibernation, Woken};
 use crate::capabilities::keyvalue::Granted;
 use crate::capabilities::messaging;
 use crate::capabilities::outbound::Policy;
@@ -88,6 +93,8 @@ pub struct Sandbox {
     pub limits: Limits,
     pub counters: Arc<Counters>,
     pub stop: CancellationToken,
+    /// Cancelled when the host starts to drain.
+    pub draining: CancellationToken,
     /// Where the plugin may connect; `None` when nowhere.
     pub outbound: Option<Arc<Policy>>,
     /// The key-value buckets the plugin may open.
@@ -99,11 +106,12 @@ pub struct Sandbox {
 impl Sandbox {
     /// A fresh store for connection `conn`; a command's also gets the
     /// `client`'s socket as its stdin and stdout, and its details in its
-    /// environment.
+    /// environment. A woken connection's store holds what it kept.
     fn new_store(
         &self,
         conn: u64,
         client: Option<(&Arc<Socket>, &ConnectionInfo)>,
+        woken: Option<Woken>,
     ) -> Store<ConnState> {
         let parts = StoreParts {
             service: &self.service,
@@ -116,6 +124,8 @@ impl Sandbox {
             settings: &self.plugin.settings,
             command: self.plugin.command_arguments(),
             client,
+            draining: &self.draining,
+            woken,
         };
         new_store(self.plugin.engine(), parts)
     }
@@ -130,9 +140,10 @@ impl Sandbox {
     /// one: if every slot is taken, the check waits for one to be freed.
     pub async fn check(&self) -> Result<()> {
         let budget = self.limits.cpu_budget;
+        let mut cpu = CpuBudget::new(budget, Duration::ZERO);
         let instantiate = async {
             loop {
-                let mut store = self.new_store(0, None);
+                let mut store = self.new_store(0, None, None);
                 match self.plugin.instantiate(&mut store).await {
                     Err(error) if is_pool_full(&error) => {
                         tokio::time::sleep(POOL_RETRY_PAUSE).await;
@@ -141,7 +152,7 @@ impl Sandbox {
                 }
             }
         };
-        let instantiate = CpuMeter::new(instantiate, budget);
+        let instantiate = CpuMeter::new(instantiate, &mut cpu);
         match tokio::time::timeout(CHECK_DEADLINE, instantiate).await {
             Ok(Some(instantiated)) => instantiated.map_err(|error| {
                 let cause = error.root_cause().to_string();
@@ -162,16 +173,19 @@ impl Sandbox {
 
     /// Serves one connection: a fresh store and instance of the plugin, its
     /// `run` called once with the socket's streams, all of it (start-up
-    /// code included) under the limits; then any output still pending
-    /// flushed to the client. `accepted` is when the connection was
-    /// accepted; the debug log gives the time from then to `run` starting.
+    /// code included) under the limits and charged to `cpu`; then any
+    /// output still pending flushed to the client. `accepted` is when the
+    /// connection was accepted; the debug log gives the time from then to
+    /// `run` starting. A woken connection's instance is handed `woken`.
     pub async fn serve(
         &self,
         info: &ConnectionInfo,
         socket: &Arc<Socket>,
         accepted: Instant,
+        cpu: &mut CpuBudget,
+        woken: Option<Woken>,
     ) -> Served {
-        let mut conn = match self.connection_store(info, socket) {
+        let mut conn = match self.connection_store(info, socket, woken) {
             Ok(conn) => conn,
             Err(error) => return Served::new(Outcome::Trapped(error)),
         };
@@ -202,7 +216,7 @@ impl Sandbox {
                     .map_err(|()| "exited with a failure status".to_string())),
             }
         });
-        let outcome = self.under_limits(work, socket, accepted).await;
+        let outcome = self.under_limits(work, socket, accepted, cpu).await;
 
         let mut served = Served::new(outcome);
         served.instantiation = instantiation;
@@ -213,12 +227,22 @@ impl Sandbox {
             let _ = tokio::time::timeout(timeout, output.ready()).await;
             served.unsent = socket.unsent();
         }
+        // A connection whose output did not all go out is closed, as it
+        // would be had it not asked to hibernate.
+        if matches!(served.outcome, Outcome::Finished) && served.unsent == 0 {
+            served.hibernation = conn.store.data_mut().hibernation();
+        }
         served
     }
 
     /// A fresh store for connection `id`, holding the socket's two streams.
-    fn connection_store(&self, info: &ConnectionInfo, socket: &Arc<Socket>) -> Result<ConnStore> {
-        let mut store = self.new_store(info.id, Some((socket, info)));
+    fn connection_store(
+        &self,
+        info: &ConnectionInfo,
+        socket: &Arc<Socket>,
+        woken: Option<Woken>,
+    ) -> Result<ConnStore> {
+        let mut store = self.new_store(info.id, Some((socket, info)), woken);
         let input: DynInputStream = Box::new(SocketInput::new(socket.clone()));
         // A command writes through its stdout; the handle kept here is the
         // same, so that what it leaves unsent is flushed as a handler's is.
@@ -255,7 +279,8 @@ impl Sandbox {
             match self.plugin.instantiate(&mut conn.store).await {
                 Err(error) if is_pool_full(&error) && retries < POOL_RETRIES => {
                     retries += 1;
-                    *conn = self.connection_store(info, socket)?;
+                    let woken = conn.store.data_mut().take_woken();
+                    *conn = self.connection_store(info, socket, woken)?;
                     tokio::time::sleep(POOL_RETRY_PAUSE).await;
                 }
                 instantiated => {
@@ -273,6 +298,7 @@ impl Sandbox {
         work: impl Future<Output = Result<Result<(), String>>>,
         socket: &Socket,
         accepted: Instant,
+        cpu: &mut CpuBudget,
     ) -> Outcome {
         let lifetime = async {
             match self.limits.max_lifetime {
@@ -283,7 +309,7 @@ impl Sandbox {
             }
         };
         tokio::select! {
-            returned = CpuMeter::new(work, self.limits.cpu_budget) => match returned {
+            returned = CpuMeter::new(work, cpu) => match returned {
                 Some(returned) => classify(returned),
                 None => Outcome::Stopped(StopReason::CpuBudget),
             },
@@ -308,14 +334,18 @@ pub struct Served {
     pub unsent: usize,
     /// How long the plugin took to instantiate, if it got that far.
     pub instantiation: Option<Duration>,
+    /// What the connection keeps, if the plugin finished asking to
+    /// hibernate and everything it wrote was sent.
+    pub hibernation: Option<Hibernation>,
 }
 
 impl Served {
-    fn new(outcome: Outcome) -> Self {
+    pub fn new(outcome: Outcome) -> Self {
         Self {
             outcome,
             unsent: 0,
             instantiation: None,
+            hibernation: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Result, Store};
 use wasmtime_wasi::sockets::WasiSocketsCtxView;
@@ -25,6 +26,9 @@ use super::engine::MAX_TABLE_ELEMENTS;
 use super::meter::at_epoch_tick;
 use crate::capabilities::connection::{self, ConnectionCtx, ConnectionView};
 use crate::capabilities::denials::Denials;
+use crate::capabilities::hibernation::{
+    self, Hibernation, HibernationCtx, HibernationCtxView, HibernationView, Rules, Woken,
+};
 use crate::capabilities::keyvalue::{self, Granted, KeyValueCtx, KeyValueCtxView, KeyValueView};
 use crate::capabilities::messaging::{self, Grant, MessagingCtx, MessagingCtxView, MessagingView};
 use crate::capabilities::outbound::{
@@ -53,6 +57,7 @@ pub struct ConnState {
     keyvalue: KeyValueCtx,
     messaging: MessagingCtx,
     connection: ConnectionCtx,
+    hibernation: HibernationCtx,
     /// A command's stdout, which every handle it opens shares.
     stdout: Option<SharedOutput>,
     memory: MemoryLimit,
@@ -75,6 +80,10 @@ pub struct StoreParts<'a> {
     pub command: Option<&'a [String]>,
     /// The client; `None` in the instance that checks a plugin at load.
     pub client: Option<(&'a Arc<Socket>, &'a ConnectionInfo)>,
+    /// Cancelled when the host starts to drain.
+    pub draining: &'a CancellationToken,
+    /// What a woken connection kept for its next instance.
+    pub woken: Option<Woken>,
 }
 
 /// A fresh store for one connection.
@@ -99,6 +108,15 @@ pub fn new_store(engine: &Engine, parts: StoreParts<'_>) -> Store<ConnState> {
         keyvalue: KeyValueCtx::new(parts.buckets.clone(), denials.clone()),
         messaging: MessagingCtx::new(parts.messaging.cloned(), denials),
         connection: ConnectionCtx::new(parts.client.map(|(socket, _)| socket.clone())),
+        hibernation: HibernationCtx::new(
+            Rules {
+                max_state: parts.limits.max_hibernation_state,
+                max_hibernated: parts.limits.max_hibernated,
+                counters: parts.counters,
+                draining: parts.draining,
+            },
+            parts.woken,
+        ),
         stdout,
         memory: MemoryLimit {
             service: parts.service.clone(),
@@ -166,6 +184,7 @@ pub fn add_to_linker(linker: &mut Linker<ConnState>) -> Result<()> {
     keyvalue::add_to_linker(linker)?;
     messaging::add_to_linker(linker)?;
     connection::add_to_linker(linker)?;
+    hibernation::add_to_linker(linker)?;
     settings::add_to_linker(linker)
 }
 
@@ -184,7 +203,10 @@ pub(super) const PROVIDED: &[(&str, &str)] = &[
     ("wasi:sockets", "0.2.0 to 0.2.12 (outbound TCP as granted)"),
     ("wasi:keyvalue", "0.2.0-draft (store, atomics, batch)"),
     ("wasi:config", "0.2.0-rc.1 and 0.2.0-draft-2024-09-27"),
-    ("portico:plugin", "0.3.0 (and 0.2.0's pubsub)"),
+    (
+        "portico:plugin",
+        "0.4.0 (and 0.3.0's pubsub and connection, 0.2.0's pubsub)",
+    ),
 ];
 
 impl ConnState {
@@ -196,6 +218,21 @@ impl ConnState {
     /// A command's stdout, which every handle it opens shares.
     pub fn stdout(&self) -> Option<&SharedOutput> {
         self.stdout.as_ref()
+    }
+
+    /// What the connection keeps if its instance asked to hibernate: the
+    /// plugin's state, and the subscriptions, taken out of the table.
+    pub fn hibernation(&mut self) -> Option<Hibernation> {
+        let mut hibernation = self.hibernation.take_request()?;
+        let made = self.messaging.take_subscriptions(&mut self.table);
+        hibernation.subscriptions.extend(made);
+        Some(hibernation)
+    }
+
+    /// What a woken connection was to hand its instance, if the instance
+    /// never asked.
+    pub fn take_woken(&mut self) -> Option<Woken> {
+        self.hibernation.take_woken()
     }
 }
 
@@ -241,6 +278,16 @@ impl MessagingView for ConnState {
 impl ConnectionView for ConnState {
     fn connection(&mut self) -> &ConnectionCtx {
         &self.connection
+    }
+}
+
+impl HibernationView for ConnState {
+    fn hibernation(&mut self) -> HibernationCtxView<'_> {
+        HibernationCtxView {
+            ctx: &mut self.hibernation,
+            messaging: &mut self.messaging,
+            table: &mut self.table,
+        }
     }
 }
 

@@ -60,6 +60,7 @@ pub(super) async fn accept_loop(
             local: None,
             proxied: false,
             tls: None,
+            serving: serving.clone(),
         };
         count(&version.sandbox.counters.total);
         arrive(&host, version, arrival);

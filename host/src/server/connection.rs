@@ -1,7 +1,8 @@
 //! One admitted connection, from its place to its close: the sandbox
-//! serves it, and its one `closed` line says how it ended. Apart from
-//! admission, so that what a connection does once served never touches
-//! the accept loop: its errors stay in its task and its log lines.
+//! serves it (with one instance, or several in turn if it hibernates), and
+//! its one `closed` line says how it ended. Apart from admission, so that
+//! what a connection does once served never touches the accept loop: its
+//! errors stay in its task and its log lines.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -16,8 +17,9 @@ use crate::ops::counters::{Counters, count};
 use crate::ops::metrics;
 use crate::ops::untrusted::{self, Untrusted};
 use crate::sandbox::bindings::ConnectionInfo;
-use crate::sandbox::{Outcome, Served, StopReason};
+use crate::sandbox::{CpuBudget, Outcome, Served, StopReason};
 use crate::server::front_door::Arrival;
+use crate::server::hibernation::{Awake, hibernate};
 use crate::server::service::Version;
 
 /// How long, after the host has finished sending, it keeps reading and
@@ -27,11 +29,11 @@ use crate::server::service::Version;
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one admitted connection from start to close, and logs it. The
-/// place is given back when this returns.
+/// place is given back when this returns, or while it hibernates.
 pub(super) async fn serve_connection(
     version: Arc<Version>,
     arrival: Arrival,
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
 ) {
     let Arrival {
         id,
@@ -41,6 +43,7 @@ pub(super) async fn serve_connection(
         local,
         proxied,
         tls,
+        serving,
     } = arrival;
     let service = version.name();
     if proxied {
@@ -64,24 +67,45 @@ pub(super) async fn serve_connection(
     // each one back for up to 40 ms waiting for the client's ACK.
     let _ = tcp.set_nodelay(true);
 
-    let sandbox = &version.sandbox;
-    let counters = &sandbox.counters;
+    // Counters are the service's, the same for every version.
+    let counters = version.sandbox.counters.clone();
     counters.connection_started();
-    version.reclaimer.connection_started();
     let socket = Socket::new(tcp, tls, proxied);
     let info = ConnectionInfo {
         id,
         peer_address: peer.to_string(),
         local_address: local.to_string(),
     };
-    let served = sandbox.serve(&info, &socket, accepted).await;
+    let limits = &version.sandbox.limits;
+    let mut cpu = CpuBudget::new(limits.cpu_budget, limits.cpu_refill);
+    // The version serving now: a woken connection's is the one in force.
+    let (mut current, mut place, mut woken) = (version.clone(), place, None);
+    let served = loop {
+        current.reclaimer.connection_started();
+        let mut served = current
+            .sandbox
+            .serve(&info, &socket, accepted, &mut cpu, woken.take())
+            .await;
+        current.reclaimer.connection_ended();
+        let Some(hibernation) = served.hibernation.take() else {
+            break served;
+        };
+        drop(place);
+        match hibernate(&current, &serving, &socket, hibernation, id, accepted).await {
+            Ok(Awake {
+                version,
+                place: taken,
+                woken: kept,
+            }) => (current, place, woken) = (version, taken, Some(kept)),
+            Err(reason) => break Served::new(Outcome::Stopped(reason)),
+        }
+    };
     close(&socket).await;
     counters.connection_ended();
     counters.bytes_in.fetch_add(socket.bytes_in(), Relaxed);
     counters.bytes_out.fetch_add(socket.bytes_out(), Relaxed);
-    version.reclaimer.connection_ended();
     metrics::connection_ended(service, accepted.elapsed(), served.instantiation);
-    log_outcome(service, counters, id, accepted, &socket, served);
+    log_outcome(service, &counters, id, accepted, &socket, served);
 }
 
 /// Logs the one `closed` line of a connection, and counts how it ended.

@@ -4,9 +4,11 @@
 //! a client who never gets through costs no more than a socket.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::ops::counters::count;
@@ -26,6 +28,9 @@ pub(super) struct Arrival {
     /// The TLS session, once the handshake is done (boxed, as in
     /// [`Socket`](crate::net::socket::Socket)).
     pub(super) tls: Option<Box<rustls::ServerConnection>>,
+    /// The version of its service in force, which a hibernated connection
+    /// wakes into.
+    pub(super) serving: watch::Receiver<Option<Arc<Version>>>,
 }
 
 /// Whether the service's filter admits the client; if not, counts it.

@@ -18,6 +18,9 @@
 //! - [`connection`]: the connection served in its own task, then closed
 //!   and logged. Errors of one connection stay in its task and its log
 //!   lines.
+//! - [`hibernation`]: a connection whose plugin hibernated, kept open
+//!   without an instance or a place until something wakes it, then
+//!   admitted again to the version in force.
 //!
 //! Beside that path: [`reload`] (SIGHUP, or `POST /reload` on the admin
 //! endpoint) builds every changed service's new version ([`service`])
@@ -32,6 +35,7 @@ mod admission;
 mod capacity;
 mod connection;
 mod front_door;
+mod hibernation;
 mod reload;
 pub mod service;
 

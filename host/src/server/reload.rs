@@ -117,6 +117,7 @@ impl Host {
     ) -> Result<(Versions, Vec<String>)> {
         let parts = HostParts {
             stop: self.stop.clone(),
+            draining: self.accepting.clone(),
             cache: self.cache.clone(),
             ticker: &self.ticker,
             ceiling: u32::try_from(self.capacity).unwrap_or(u32::MAX),

@@ -58,6 +58,8 @@ pub struct Version {
 pub struct HostParts<'a> {
     /// Cancelled at the end of a drain: stops every connection.
     pub stop: CancellationToken,
+    /// Cancelled when a drain starts: wakes hibernated connections.
+    pub draining: CancellationToken,
     pub cache: Option<Arc<Cache>>,
     pub ticker: &'a EpochTicker,
     /// The most connections one service may serve at once in this process.
@@ -216,6 +218,7 @@ fn sandbox_for(
         limits: limits.clone(),
         counters,
         stop: host.stop.clone(),
+        draining: host.draining.clone(),
         outbound: (!spec.outbound.is_empty()).then(|| {
             Arc::new(Policy::new(
                 spec.outbound.clone(),

@@ -3,36 +3,82 @@
 //! PING, ECHO, GET, SET (with EX), DEL, EXISTS, INCR, MGET, and CONFIG GET
 //! (every setting empty); anything else gets an error reply. The data lives in the bucket named by the `bucket`
 //! setting (default `cache`), which the service must be granted.
+//!
+//! Between commands, when no pipelined request is waiting, the connection
+//! hibernates: the host drops the instance and wakes a fresh one when the
+//! next command arrives. A Redis connection keeps no state of its own
+//! here, so the state is only its format byte.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use portico_guest_sdk::hibernation::{self, WakeReason};
 use portico_guest_sdk::keyvalue::Bucket;
-use portico_guest_sdk::{Connection, Handler, config};
+use portico_guest_sdk::{Connection, Handler, Input, config};
 
 /// Largest request, in arguments, and largest argument, in bytes (larger
 /// than the host's 1 MiB value limit, which then answers for itself).
 const MAX_ARGS: usize = 1024;
 const MAX_ARG_BYTES: usize = 4 << 20;
 
+/// The hibernation state: this build's format byte, and nothing else.
+const STATE: [u8; 1] = [1];
+
 struct RedisKv;
 
 impl Handler for RedisKv {
     fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
+        if hibernation::woken().is_some_and(|wake| wake.reason == WakeReason::Draining) {
+            return Ok(());
+        }
         let name = config::get("bucket")?.unwrap_or_else(|| "cache".into());
         let bucket = Bucket::open(&name)?;
         let (input, output) = conn.split();
-        let mut requests = BufReader::new(input);
+        let mut requests = BufReader::new(Requests {
+            input,
+            at_start: false,
+        });
         let mut replies = io::BufWriter::new(output);
-        while let Some(request) = read_request(&mut requests)? {
-            execute(&bucket, &request, &mut replies)?;
+        let mut may_hibernate = true;
+        loop {
             // Pipelined requests are answered together.
             if requests.buffer().is_empty() {
                 replies.flush()?;
+                requests.get_mut().at_start = may_hibernate;
+            }
+            match read_request(&mut requests) {
+                Ok(Some(request)) => execute(&bucket, &request, &mut replies)?,
+                Ok(None) => break,
+                // Nothing more has come: give the instance back until it
+                // does (or, if the host will not have it, wait here).
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if hibernation::hibernate(&STATE, None).is_ok() {
+                        return Ok(());
+                    }
+                    may_hibernate = false;
+                }
+                Err(error) => return Err(error.into()),
             }
         }
         replies.flush()?;
         Ok(())
+    }
+}
+
+/// The client's requests, whose first read at the start of a request does
+/// not wait: it fails with `WouldBlock` when nothing has come, which tells
+/// `run` that the connection is idle.
+struct Requests<'a, 'b> {
+    input: &'a mut Input<'b>,
+    at_start: bool,
+}
+
+impl Read for Requests<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match std::mem::take(&mut self.at_start) {
+            true => self.input.try_read(buf),
+            false => self.input.read(buf),
+        }
     }
 }
 

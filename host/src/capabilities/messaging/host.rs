@@ -11,14 +11,15 @@ use super::{Broker, Grant, MAX_PAYLOAD, MAX_SUBSCRIPTIONS, Subscription, topic_w
 use crate::capabilities::denials::{Denials, Logged, TARGET};
 use crate::ops::counters::count;
 
-/// One connection's use of messaging: its service's grant, and how many
-/// subscriptions it holds (the subscriptions are resources in the store's
-/// table).
+/// One connection's use of messaging: its service's grant, and the
+/// subscriptions it holds (resources in the store's table, listed here by
+/// their handles in the order they were made, so that hibernation can keep
+/// them for the connection's next instance).
 pub struct MessagingCtx {
     /// `None` when the service has no messaging grant.
     grant: Option<Arc<Grant>>,
     denials: Arc<Denials>,
-    subscriptions: usize,
+    subscriptions: Vec<u32>,
 }
 
 impl MessagingCtx {
@@ -26,8 +27,29 @@ impl MessagingCtx {
         Self {
             grant,
             denials,
-            subscriptions: 0,
+            subscriptions: Vec::new(),
         }
+    }
+
+    /// Takes every subscription the instance holds out of `table`, oldest
+    /// first, for a hibernating connection to keep.
+    pub fn take_subscriptions(&mut self, table: &mut ResourceTable) -> Vec<Subscription> {
+        std::mem::take(&mut self.subscriptions)
+            .into_iter()
+            .filter_map(|rep| table.delete(Resource::<Subscription>::new_own(rep)).ok())
+            .collect()
+    }
+
+    /// Gives the instance a subscription its connection kept while it
+    /// hibernated.
+    pub fn adopt(
+        &mut self,
+        table: &mut ResourceTable,
+        subscription: Subscription,
+    ) -> wasmtime::Result<Resource<Subscription>> {
+        let resource = table.push(subscription)?;
+        self.subscriptions.push(resource.rep());
+        Ok(resource)
     }
 
     /// The broker, if `topic` is a topic the service is granted.
@@ -81,7 +103,7 @@ impl pubsub::Host for MessagingCtxView<'_> {
             count(&messaging.denials.counters().messaging_denied);
             return Ok(Err(Error::AccessDenied));
         };
-        if messaging.subscriptions >= MAX_SUBSCRIPTIONS {
+        if messaging.subscriptions.len() >= MAX_SUBSCRIPTIONS {
             let problem = format!("{MAX_SUBSCRIPTIONS} subscriptions per connection");
             messaging.limit_hit(&problem);
             return Ok(Err(Error::Limit(problem)));
@@ -91,8 +113,9 @@ impl pubsub::Host for MessagingCtxView<'_> {
             Ok(queue) => queue,
             Err(error) => return Ok(Err(error)),
         };
-        messaging.subscriptions += 1;
-        Ok(Ok(self.table.push(Subscription(queue))?))
+        let resource = self.table.push(Subscription(queue))?;
+        messaging.subscriptions.push(resource.rep());
+        Ok(Ok(resource))
     }
 
     async fn publish(
@@ -139,8 +162,9 @@ impl pubsub::HostSubscription for MessagingCtxView<'_> {
     }
 
     async fn drop(&mut self, subscription: Resource<Subscription>) -> wasmtime::Result<()> {
+        let rep = subscription.rep();
         self.table.delete(subscription)?;
-        self.ctx.subscriptions -= 1;
+        self.ctx.subscriptions.retain(|held| *held != rep);
         Ok(())
     }
 }

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 mod broker;
+mod earlier;
 mod host;
-mod v0_2;
 
 pub use broker::{Broker, Subscription};
 pub use host::{MessagingCtx, MessagingCtxView, MessagingView};
@@ -25,7 +25,7 @@ pub mod bindings {
             package portico:host;
 
             world pubsub {
-                import portico:plugin/pubsub@0.3.0;
+                import portico:plugin/pubsub@0.4.0;
             }
         ",
         world: "portico:host/pubsub",
@@ -38,13 +38,13 @@ pub mod bindings {
     });
 }
 
-/// Links `portico:plugin/pubsub`, at the contract's version and at 0.2.0's,
-/// for stores whose data reaches a [`MessagingCtx`].
+/// Links `portico:plugin/pubsub`, at the contract's version and at every
+/// earlier one, for stores whose data reaches a [`MessagingCtx`].
 pub fn add_to_linker<T: MessagingView>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
     host::add_to_linker(linker)?;
-    v0_2::add_to_linker(linker)
+    earlier::add_to_linker(linker)
 }
 
 /// Largest payload, in bytes.

@@ -6,6 +6,11 @@
 //! forge log lines, ask host calls for huge amounts) or try what the
 //! sandbox forbids and report the outcome to the client.
 //!
+//! `hibernate N [MS]` hibernates with a state of N bytes (waking after MS
+//! milliseconds, if given); the woken instance says `woke REASON BYTES`
+//! and reads the next command. `hibernate-loop` hibernates and wakes at
+//! once, for ever.
+//!
 //! Code also runs at instantiation, before `run`: the settings `init`
 //! (`spin` or `sleep`) and `init-after-ms` (a Unix time in milliseconds)
 //! make every instance created from then on spin or sleep for ever in
@@ -16,6 +21,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::time::Duration;
 
 use portico_guest_sdk::bindings::wasi;
+use portico_guest_sdk::hibernation::{self, WakeReason};
 use portico_guest_sdk::{Connection, Handler};
 
 /// An error message that, logged raw, would read as a second host line
@@ -23,15 +29,34 @@ use portico_guest_sdk::{Connection, Handler};
 const FORGED: &str = "fine\n2026-01-01T00:00:00.000000Z  INFO portico_host::server: \
                       closed conn=424242 elapsed_ms=0 bytes_in=0 bytes_out=0 outcome=\"ok\"";
 
+/// The state of a connection that hibernates and wakes without end.
+const LOOP_STATE: &[u8] = b"loop";
+
 struct Misbehave;
 
 impl Handler for Misbehave {
     fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
         let info = format!("{} {} {}", conn.id(), conn.peer_addr()?, conn.local_addr()?);
         let (input, output) = conn.split();
+        if let Some(wake) = hibernation::woken() {
+            if wake.state == LOOP_STATE {
+                hibernation::hibernate(LOOP_STATE, Some(Duration::ZERO))?;
+                return Ok(());
+            }
+            let reason = match wake.reason {
+                WakeReason::ClientData => "client-data",
+                WakeReason::ClientClosed => "client-closed",
+                WakeReason::Message => "message",
+                WakeReason::Timer => "timer",
+                WakeReason::Draining => "draining",
+            };
+            writeln!(output, "woke {reason} {}", wake.state.len())?;
+        }
         let mut input = BufReader::new(input);
         let mut line = String::new();
-        input.read_line(&mut line)?;
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
         let mut words = line.split_whitespace();
         let command = words.next().unwrap_or("");
         let arg = words.next().unwrap_or("");
@@ -197,6 +222,18 @@ impl Handler for Misbehave {
                 writeln!(output, "dirtied {number} MiB")?;
             }
             "hold-pollable" => hold_pollable(output)?,
+            "hibernate" => {
+                let state = vec![b'x'; number as usize];
+                let wake_after = words.next().and_then(|ms| ms.parse().ok());
+                match hibernation::hibernate(&state, wake_after.map(Duration::from_millis)) {
+                    Ok(()) => writeln!(output, "hibernating")?,
+                    Err(error) => writeln!(output, "refused: {error}")?,
+                }
+            }
+            "hibernate-loop" => {
+                hibernation::hibernate(LOOP_STATE, Some(Duration::ZERO))?;
+                writeln!(output, "hibernating")?;
+            }
             other => return Err(format!("unknown command {other:?}").into()),
         }
         Ok(())

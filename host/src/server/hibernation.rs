@@ -1,0 +1,133 @@
+//! A hibernated connection: open, with no instance and no place, until
+//! something wakes it; then admitted again, as a new connection is, to the
+//! version of its service in force, whose fresh instance carries on.
+//!
+//! What it holds meanwhile is its socket (TLS session included), the
+//! plugin's state and subscriptions ([`Hibernation`]), and its CPU budget,
+//! which the connection's task keeps. The idle timeout is the service's
+//! `hibernated-idle-timeout`; the lifetime counts from the accept.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::Instant;
+
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tracing::debug;
+use wasmtime_wasi::p2::Pollable;
+
+use crate::capabilities::hibernation::{Hibernation, WakeReason, Woken, count_wake};
+use crate::capabilities::messaging::Subscription;
+use crate::net::socket::{ClientEvent, Socket};
+use crate::ops::counters::count;
+use crate::sandbox::StopReason;
+use crate::server::service::Version;
+
+/// A woken connection, admitted again.
+pub(super) struct Awake {
+    pub(super) version: Arc<Version>,
+    pub(super) place: OwnedSemaphorePermit,
+    pub(super) woken: Woken,
+}
+
+/// Keeps the connection until something wakes it, then waits for a place
+/// in the version of its service in force (`serving`; the one it ran under
+/// if the service is gone). `Err` says why it was closed instead.
+pub(super) async fn hibernate(
+    version: &Arc<Version>,
+    serving: &watch::Receiver<Option<Arc<Version>>>,
+    socket: &Socket,
+    mut hibernation: Hibernation,
+    conn: u64,
+    accepted: Instant,
+) -> Result<Awake, StopReason> {
+    let service = version.name();
+    count(&version.sandbox.counters.hibernations);
+    debug!(
+        target: "portico_host::server",
+        service,
+        conn,
+        state_bytes = hibernation.state.len(),
+        subscriptions = hibernation.subscriptions.len(),
+        wake_after_ms = hibernation.wake_after.map(|after| after.as_millis() as u64),
+        "hibernated"
+    );
+    let reason = wait_for_wake(version, socket, &mut hibernation, accepted).await?;
+    let version = serving.borrow().clone().unwrap_or_else(|| version.clone());
+    let reason_name = count_wake(&version.sandbox.counters, reason);
+    debug!(target: "portico_host::server", service, conn, reason = reason_name, "woke");
+    let place = admit_again(&version).await?;
+    Ok(Awake {
+        version,
+        place,
+        woken: hibernation.wake(reason),
+    })
+}
+
+/// What wakes a hibernated connection, or what closes it.
+async fn wait_for_wake(
+    version: &Version,
+    socket: &Socket,
+    hibernation: &mut Hibernation,
+    accepted: Instant,
+) -> Result<WakeReason, StopReason> {
+    let limits = &version.sandbox.limits;
+    let wake_after = hibernation.wake_after;
+    let timer = async {
+        match wake_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    let lifetime = async {
+        match limits.max_lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = version.sandbox.draining.cancelled() => Ok(WakeReason::Draining),
+        event = socket.client_event() => Ok(match event {
+            ClientEvent::Data => WakeReason::ClientData,
+            ClientEvent::Closed => WakeReason::ClientClosed,
+        }),
+        () = any_message(&mut hibernation.subscriptions) => Ok(WakeReason::Message),
+        () = timer => Ok(WakeReason::Timer),
+        () = socket.idle(limits.hibernated_idle_timeout) => Err(StopReason::Idle),
+        () = lifetime => Err(StopReason::Lifetime),
+    }
+}
+
+/// Resolves once a message waits on any of `subscriptions`.
+async fn any_message(subscriptions: &mut [Subscription]) {
+    let mut waits: Vec<_> = subscriptions.iter_mut().map(|s| s.ready()).collect();
+    std::future::poll_fn(|cx| {
+        match waits
+            .iter_mut()
+            .any(|wait| wait.as_mut().poll(cx).is_ready())
+        {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Takes a place for a woken connection: at once if one is free, else in
+/// the same queue as new connections, first come first served (counted as
+/// queued). A wake is not refused when the queue is full: the connection
+/// is the service's already. The end of a drain closes it.
+async fn admit_again(version: &Version) -> Result<OwnedSemaphorePermit, StopReason> {
+    if let Ok(place) = version.places.clone().try_acquire_owned() {
+        return Ok(place);
+    }
+    let counters = &version.sandbox.counters;
+    count(&counters.queued);
+    let place = tokio::select! {
+        place = version.places.clone().acquire_owned() => place.ok(),
+        () = version.sandbox.stop.cancelled() => None,
+    };
+    counters.queued.fetch_sub(1, Relaxed);
+    place.ok_or(StopReason::Shutdown)
+}

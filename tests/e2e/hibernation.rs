@@ -1,0 +1,216 @@
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::services::Scratch;
+use crate::util::{Host, assert_closed, echo_connection, echoes, plugin, read_line};
+
+/// Sends `command` to the misbehave plugin on `stream` and returns its
+/// answer.
+fn ask(stream: &mut TcpStream, command: &str) -> String {
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    read_line(stream)
+}
+
+/// A misbehave connection that has asked to hibernate with `bytes` of
+/// state, once the host holds it hibernated.
+fn hibernated(host: &Host, bytes: usize, hibernated_before: f64) -> TcpStream {
+    let mut stream = host.connect();
+    assert_eq!(
+        ask(&mut stream, &format!("hibernate {bytes}")),
+        "hibernating\n"
+    );
+    wait_for_metric(host, HIBERNATED, hibernated_before + 1.0);
+    stream
+}
+
+const HIBERNATED: &str = r#"portico_connections_hibernated{service="misbehave"}"#;
+
+/// Waits until metric `series` reads `value`.
+fn wait_for_metric(host: &Host, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.metric(series) != value {
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {}, not {value}",
+            host.metric(series)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A hibernated connection holds no place: with one place, a second client
+/// is served while the first hibernates; then the first wakes on its bytes
+/// into a fresh instance that has its state, and carries on.
+#[test]
+fn a_hibernated_connection_gives_its_place_back_and_wakes_on_data() {
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--max-connections",
+            "1",
+            "--max-queued",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut sleeper = hibernated(&host, 100, 0.0);
+    assert_eq!(
+        host.metric(r#"portico_hibernated_state_bytes{service="misbehave"}"#),
+        100.0
+    );
+
+    let mut other = echo_connection(&host);
+    assert!(echoes(&mut other, "served beside a hibernated connection"));
+    drop(other);
+    host.wait_for_log(&["closed", "outcome=\"ok\""]);
+
+    assert_eq!(ask(&mut sleeper, "info"), "woke client-data 100\n");
+    let info = read_line(&mut sleeper);
+    assert!(info.starts_with("1 127.0.0.1:"), "{info:?}");
+    assert_eq!(host.metric(HIBERNATED), 0.0);
+    assert_eq!(
+        host.metric(r#"portico_wakes_total{service="misbehave",reason="client-data"}"#),
+        1.0
+    );
+    assert_eq!(
+        host.metric(r#"portico_hibernations_total{service="misbehave"}"#),
+        1.0
+    );
+    assert_closed(&mut sleeper);
+}
+
+/// A timer wakes a hibernated connection without a byte from the client;
+/// the client's closing wakes one too, and the woken instance sees the end.
+#[test]
+fn timers_and_the_client_closing_wake_a_connection() {
+    let host = Host::start("misbehave", &["--admin", "127.0.0.1:0"]);
+    let mut timed = host.connect();
+    let asked = Instant::now();
+    assert_eq!(ask(&mut timed, "hibernate 3 300"), "hibernating\n");
+    assert_eq!(read_line(&mut timed), "woke timer 3\n");
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+    assert_eq!(ask(&mut timed, "echo"), "ok\n");
+    assert!(echoes(&mut timed, "after the timer"));
+
+    let mut leaving = hibernated(&host, 0, 0.0);
+    leaving.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_line(&mut leaving), "woke client-closed 0\n");
+    assert_closed(&mut leaving);
+    assert_eq!(
+        host.metric(r#"portico_wakes_total{service="misbehave",reason="client-closed"}"#),
+        1.0
+    );
+}
+
+/// A state over `max-hibernation-state` and a hibernation past
+/// `max-hibernated` are refused inside the plugin, naming the limit, and the
+/// connection stays live.
+#[test]
+fn hibernation_limits_are_refused_inside_the_plugin() {
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--max-hibernation-state",
+            "1000",
+            "--max-hibernated",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut large = host.connect();
+    assert_eq!(
+        ask(&mut large, "hibernate 2000"),
+        "refused: cannot hibernate: a state of 2000 bytes, more than the 1000 of \
+         max-hibernation-state\n"
+    );
+    let _first = hibernated(&host, 1000, 0.0);
+    let mut second = host.connect();
+    assert_eq!(
+        ask(&mut second, "hibernate 1"),
+        "refused: cannot hibernate: the service holds as many hibernated connections as it may\n"
+    );
+    assert_eq!(host.metric(HIBERNATED), 1.0);
+}
+
+/// A hibernated connection is closed at the hibernated idle timeout, and
+/// counted as idle.
+#[test]
+fn a_hibernated_connection_is_closed_when_idle() {
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--hibernated-idle-timeout",
+            "300ms",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut stream = hibernated(&host, 10, 0.0);
+    assert_closed(&mut stream);
+    host.wait_for_log(&["closed", "outcome=\"stopped\"", "reason=\"idle timeout\""]);
+    assert_eq!(host.metric(HIBERNATED), 0.0);
+    assert_eq!(
+        host.metric(r#"portico_hibernated_state_bytes{service="misbehave"}"#),
+        0.0
+    );
+}
+
+/// On a drain, a hibernated connection wakes to say goodbye; hibernating
+/// again is refused; and the host exits once it is done.
+#[test]
+fn a_drain_wakes_hibernated_connections_to_say_goodbye() {
+    let host = Host::start("misbehave", &["--admin", "127.0.0.1:0"]);
+    let mut stream = hibernated(&host, 5, 0.0);
+    host.signal(libc::SIGTERM);
+    assert_eq!(read_line(&mut stream), "woke draining 5\n");
+    assert_eq!(
+        ask(&mut stream, "hibernate 1"),
+        "refused: cannot hibernate: the host is shutting down\n"
+    );
+    assert_closed(&mut stream);
+    assert!(host.wait_exit().success());
+}
+
+/// After a reload, a hibernated connection wakes into the new version of
+/// the plugin: here, the echo that replaced misbehave answers its bytes.
+#[test]
+fn a_hibernated_connection_wakes_into_the_version_in_force() {
+    let scratch = Scratch::new("hibernation-reload");
+    let path = scratch.0.join("misbehave.wasm");
+    std::fs::copy(plugin("misbehave"), &path).unwrap();
+    let host = Host::start_file(&path, &["--admin", "127.0.0.1:0"]);
+    let mut stream = hibernated(&host, 5, 0.0);
+    std::fs::copy(plugin("echo"), &path).unwrap();
+    host.signal(libc::SIGHUP);
+    host.wait_for_log(&["reloaded"]);
+    assert!(echoes(&mut stream, "answered by the new version"));
+}
+
+/// A plugin that hibernates and wakes without pause is stopped when its
+/// CPU budget is spent, as a busy one is; meanwhile, others are served.
+#[test]
+fn waking_without_pause_spends_the_cpu_budget() {
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--cpu-budget",
+            "20ms",
+            "--cpu-refill",
+            "0s",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut looping = host.connect();
+    assert_eq!(ask(&mut looping, "hibernate-loop"), "hibernating\n");
+    let mut other = echo_connection(&host);
+    assert!(echoes(&mut other, "served beside a wake loop"));
+    assert_closed(&mut looping);
+    host.wait_for_log(&["closed", "reason=\"CPU budget spent\""]);
+    let wakes = host.metric(r#"portico_wakes_total{service="misbehave",reason="timer"}"#);
+    assert!(wakes > 10.0, "{wakes} wakes");
+    assert!(echoes(&mut other, "and after it"));
+}
