@@ -2,6 +2,7 @@
  * The glue behind portico.h: the `run` export the bindings expect, over
  * `portico_run`, and the few stream and settings calls a handler needs.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,20 @@ ptrdiff_t portico_read(portico_connection_t *conn, void *buffer, size_t len) {
     return (ptrdiff_t)n;
 }
 
+ptrdiff_t portico_try_read(portico_connection_t *conn, void *buffer, size_t len) {
+    handler_list_u8_t bytes;
+    wasi_io_streams_stream_error_t error;
+    if (!wasi_io_streams_method_input_stream_read(conn->input, len, &bytes, &error)) {
+        int closed = error.tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED;
+        drop_stream_error(&error);
+        return closed ? 0 : -1;
+    }
+    size_t n = bytes.len < len ? bytes.len : len;
+    memcpy(buffer, bytes.ptr, n);
+    handler_list_u8_free(&bytes);
+    return n == 0 && len > 0 ? PORTICO_WOULD_BLOCK : (ptrdiff_t)n;
+}
+
 int portico_write(portico_connection_t *conn, const void *data, size_t len) {
     const uint8_t *at = data;
     while (len > 0) {
@@ -81,4 +96,33 @@ char *portico_setting(const char *name) {
     }
     handler_string_free(&value.val);
     return copy;
+}
+
+const char *portico_hibernate(const void *state, size_t len, int64_t wake_after_ms) {
+    static char refusal[256];
+    handler_list_u8_t bytes = {(uint8_t *)state, len};
+    portico_plugin_hibernation_duration_t wake_after = (uint64_t)wake_after_ms * 1000000;
+    portico_plugin_hibernation_error_t error;
+    if (portico_plugin_hibernation_hibernate(&bytes, wake_after_ms < 0 ? NULL : &wake_after,
+                                             &error)) {
+        return NULL;
+    }
+    switch (error.tag) {
+    case PORTICO_PLUGIN_HIBERNATION_ERROR_STATE_TOO_LARGE:
+        snprintf(refusal, sizeof refusal, "cannot hibernate: %.*s",
+                 (int)error.val.state_too_large.len, (const char *)error.val.state_too_large.ptr);
+        break;
+    case PORTICO_PLUGIN_HIBERNATION_ERROR_TOO_MANY_HIBERNATED:
+        snprintf(refusal, sizeof refusal,
+                 "cannot hibernate: the service holds as many hibernated connections as it may");
+        break;
+    default:
+        snprintf(refusal, sizeof refusal, "cannot hibernate: the host is shutting down");
+    }
+    portico_plugin_hibernation_error_free(&error);
+    return refusal;
+}
+
+int portico_woken(portico_plugin_hibernation_wake_t *wake) {
+    return portico_plugin_hibernation_woken(wake) ? 1 : 0;
 }

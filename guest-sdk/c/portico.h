@@ -49,6 +49,13 @@ const char *portico_run(portico_connection_t *conn);
  * Returns how many, 0 once the client is done sending, or -1 on an error. */
 ptrdiff_t portico_read(portico_connection_t *conn, void *buffer, size_t len);
 
+/* What `portico_try_read` returns when nothing has come yet. */
+#define PORTICO_WOULD_BLOCK (-2)
+
+/* As `portico_read`, without waiting: PORTICO_WOULD_BLOCK if nothing has
+ * come yet. */
+ptrdiff_t portico_try_read(portico_connection_t *conn, void *buffer, size_t len);
+
 /* Writes all `len` bytes at `data` to the client and flushes them.
  * Returns 0, or -1 once the client is gone. */
 int portico_write(portico_connection_t *conn, const void *data, size_t len);
@@ -56,5 +63,24 @@ int portico_write(portico_connection_t *conn, const void *data, size_t len);
 /* The setting `name` (from `--config NAME=VALUE` or the service's
  * settings), as a NUL-ended string to free(); NULL if it is not set. */
 char *portico_setting(const char *name);
+
+/* Hibernation (contract 0.4.0; its rules are `hibernation` in
+ * guest-sdk/wit/handler.wit). A connection with nothing to do until its
+ * client sends gives its instance back; the next instance's `portico_run`
+ * learns from `portico_woken` that it woke, and gets the state back. */
+
+/* Asks the host to hibernate the connection once `portico_run` returns
+ * NULL, keeping the `len` bytes at `state` for the next instance, and to
+ * wake it after `wake_after_ms` milliseconds if nothing else does first
+ * (-1: no timer). Returns NULL, or why the host refused (the connection
+ * then stays live; the text is the SDK's, valid until the next call). */
+const char *portico_hibernate(const void *state, size_t len, int64_t wake_after_ms);
+
+/* For an instance started because a hibernated connection woke: fills
+ * `wake` (`reason`, one of PORTICO_PLUGIN_HIBERNATION_WAKE_REASON_*; the
+ * `state`; the kept `subscriptions`) and returns 1; free it with
+ * portico_plugin_hibernation_wake_free, which also drops the
+ * subscriptions. Returns 0 for a new connection. */
+int portico_woken(portico_plugin_hibernation_wake_t *wake);
 
 #endif

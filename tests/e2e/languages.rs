@@ -102,3 +102,40 @@ fn every_greeter_reads_its_settings() {
         }
     }
 }
+
+/// The line counters in C and Python hibernate between lines: each line
+/// wakes a fresh instance, which gets the count (and a partial line) back
+/// from the state; a drain wakes them to say goodbye.
+#[test]
+fn c_and_python_counters_hibernate_between_lines() {
+    for plugin in ["c-count", "py-count"] {
+        let host = Host::start(plugin, &["--admin", "127.0.0.1:0"]);
+        let hibernated = format!(r#"portico_connections_hibernated{{service="{plugin}"}}"#);
+        let wait_hibernated = || {
+            let deadline = std::time::Instant::now() + crate::util::TIMEOUT;
+            while host.metric(&hibernated) != 1.0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{plugin} never hibernated"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let mut stream = host.connect();
+        stream.write_all(b"one\n").unwrap();
+        assert_eq!(read_line(&mut stream), "1\n", "{plugin}");
+        wait_hibernated();
+        stream.write_all(b"two\nthr").unwrap();
+        assert_eq!(read_line(&mut stream), "2\n", "{plugin}");
+        wait_hibernated();
+        stream.write_all(b"ee\n").unwrap();
+        assert_eq!(read_line(&mut stream), "3\n", "{plugin}");
+        wait_hibernated();
+        let wakes = format!(r#"portico_wakes_total{{service="{plugin}",reason="client-data"}}"#);
+        assert_eq!(host.metric(&wakes), 2.0, "{plugin}");
+        host.signal(libc::SIGTERM);
+        assert_eq!(read_line(&mut stream), "bye\n", "{plugin}");
+        crate::util::assert_closed(&mut stream);
+        assert!(host.wait_exit().success(), "{plugin}");
+    }
+}
