@@ -20,6 +20,8 @@ mod fairness;
 /// Abusive clients at the front door: TLS handshake floods, slowloris
 /// handshakes, garbage ClientHellos, bad PROXY headers.
 mod front_door;
+/// Hibernation abused: wake loops, byte-by-byte wakes, wake storms.
+mod hibernation;
 /// Hostile plugins under load.
 mod hostile;
 /// Code that runs when an instance is created, before `run`.

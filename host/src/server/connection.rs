@@ -19,7 +19,7 @@ use crate::ops::untrusted::{self, Untrusted};
 use crate::sandbox::bindings::ConnectionInfo;
 use crate::sandbox::{CpuBudget, Outcome, Served, StopReason};
 use crate::server::front_door::Arrival;
-use crate::server::hibernation::{Awake, hibernate};
+use crate::server::hibernation::{Awake, FirstSlice, hibernate};
 use crate::server::service::Version;
 
 /// How long, after the host has finished sending, it keeps reading and
@@ -79,13 +79,13 @@ pub(super) async fn serve_connection(
     let limits = &version.sandbox.limits;
     let mut cpu = CpuBudget::new(limits.cpu_budget, limits.cpu_refill);
     // The version serving now: a woken connection's is the one in force.
-    let (mut current, mut place, mut woken) = (version.clone(), place, None);
+    let (mut current, mut place, mut woken, mut gate) = (version.clone(), place, None, None);
     let served = loop {
         current.reclaimer.connection_started();
-        let mut served = current
+        let instance = current
             .sandbox
-            .serve(&info, &socket, accepted, &mut cpu, woken.take())
-            .await;
+            .serve(&info, &socket, accepted, &mut cpu, woken.take());
+        let mut served = FirstSlice::new(instance, gate.take()).await;
         current.reclaimer.connection_ended();
         let Some(hibernation) = served.hibernation.take() else {
             break served;
@@ -95,8 +95,9 @@ pub(super) async fn serve_connection(
             Ok(Awake {
                 version,
                 place: taken,
+                gate: pass,
                 woken: kept,
-            }) => (current, place, woken) = (version, taken, Some(kept)),
+            }) => (current, place, woken, gate) = (version, taken, Some(kept), Some(pass)),
             Err(reason) => break Served::new(Outcome::Stopped(reason)),
         }
     };

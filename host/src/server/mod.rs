@@ -83,6 +83,8 @@ pub struct Host {
     ticker: EpochTicker,
     /// Carries messages between connections, across reloads.
     broker: Arc<Broker>,
+    /// Hibernated connections waking at once: one per core.
+    waking: Arc<tokio::sync::Semaphore>,
     /// Cancelled at the end of a drain: stops the connections left.
     stop: CancellationToken,
     /// Cancelled when a drain starts: stops every accept loop.
@@ -144,6 +146,9 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
             .map(|dir| Arc::new(Cache::new(dir))),
         ticker: EpochTicker::start()?,
         broker: Broker::new(&config.messaging).await?,
+        waking: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        )),
         stop: CancellationToken::new(),
         accepting: CancellationToken::new(),
         tracker: TaskTracker::new(),

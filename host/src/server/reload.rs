@@ -122,6 +122,7 @@ impl Host {
             ticker: &self.ticker,
             ceiling: u32::try_from(self.capacity).unwrap_or(u32::MAX),
             broker: self.broker.clone(),
+            waking: self.waking.clone(),
         };
         let mut versions = BTreeMap::new();
         let mut built = Vec::new();

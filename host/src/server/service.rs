@@ -52,6 +52,8 @@ pub struct Version {
     pub last_refusal_warning: std::sync::Mutex<Option<std::time::Instant>>,
     /// How its engine initialises memories, chosen for its plugin.
     pub memory_init: MemoryInit,
+    /// The process's wake gate (see [`crate::server::hibernation`]).
+    pub waking: Arc<Semaphore>,
 }
 
 /// What every version gets from the host.
@@ -66,6 +68,8 @@ pub struct HostParts<'a> {
     pub ceiling: u32,
     /// Carries messages between every service's connections.
     pub broker: Arc<Broker>,
+    /// The process's wake gate, shared by every service.
+    pub waking: Arc<Semaphore>,
 }
 
 impl Version {
@@ -144,6 +148,7 @@ impl Version {
             handshakes,
             last_refusal_warning: std::sync::Mutex::new(None),
             memory_init,
+            waking: host.waking.clone(),
         })
     }
 

@@ -9,7 +9,11 @@
 //! `hibernate N [MS]` hibernates with a state of N bytes (waking after MS
 //! milliseconds, if given); the woken instance says `woke REASON BYTES`
 //! and reads the next command. `hibernate-loop` hibernates and wakes at
-//! once, for ever.
+//! once, for ever. `hibernate-reading` hibernates until the client sends,
+//! takes what came, and hibernates again, until the client leaves.
+//! `subscribe-hibernate TOPIC` subscribes and hibernates;
+//! each message wakes it to take what waits and hibernate again, until the
+//! client leaves.
 //!
 //! Code also runs at instantiation, before `run`: the settings `init`
 //! (`spin` or `sleep`) and `init-after-ms` (a Unix time in milliseconds)
@@ -31,6 +35,10 @@ const FORGED: &str = "fine\n2026-01-01T00:00:00.000000Z  INFO portico_host::serv
 
 /// The state of a connection that hibernates and wakes without end.
 const LOOP_STATE: &[u8] = b"loop";
+/// The state of a connection that wakes for what its client sends.
+const READING_STATE: &[u8] = b"reading";
+/// The state of a connection that wakes for its subscription's messages.
+const SUBSCRIBED_STATE: &[u8] = b"subscribed";
 
 struct Misbehave;
 
@@ -41,6 +49,24 @@ impl Handler for Misbehave {
         if let Some(wake) = hibernation::woken() {
             if wake.state == LOOP_STATE {
                 hibernation::hibernate(LOOP_STATE, Some(Duration::ZERO))?;
+                return Ok(());
+            }
+            if wake.state == READING_STATE {
+                let mut buf = [0; 4096];
+                if wake.reason != WakeReason::ClientData || input.try_read(&mut buf)? == 0 {
+                    return Ok(());
+                }
+                hibernation::hibernate(READING_STATE, None)?;
+                return Ok(());
+            }
+            if wake.state == SUBSCRIBED_STATE {
+                if wake.reason != WakeReason::Message {
+                    return Ok(());
+                }
+                for subscription in &wake.subscriptions {
+                    while subscription.try_receive().is_some() {}
+                }
+                hibernation::hibernate(SUBSCRIBED_STATE, None)?;
                 return Ok(());
             }
             let reason = match wake.reason {
@@ -144,6 +170,18 @@ impl Handler for Misbehave {
                 output,
                 portico_guest_sdk::keyvalue::Bucket::open(arg).map_err(io::Error::other),
             )?,
+            "publish-every" => {
+                // `publish-every TOPIC MS`: a message every MS milliseconds,
+                // twenty in all.
+                let pause = Duration::from_millis(
+                    words.next().and_then(|ms| ms.parse().ok()).unwrap_or(100),
+                );
+                for _ in 0..20 {
+                    portico_guest_sdk::pubsub::publish(arg, b"wake up")?;
+                    std::thread::sleep(pause);
+                }
+                writeln!(output, "published")?;
+            }
             "publish-loop" => loop {
                 let _ = portico_guest_sdk::pubsub::publish(arg, &[b'x'; 1024]);
             },
@@ -229,6 +267,15 @@ impl Handler for Misbehave {
                     Ok(()) => writeln!(output, "hibernating")?,
                     Err(error) => writeln!(output, "refused: {error}")?,
                 }
+            }
+            "subscribe-hibernate" => {
+                let _subscription = portico_guest_sdk::pubsub::subscribe(arg)?;
+                hibernation::hibernate(SUBSCRIBED_STATE, None)?;
+                writeln!(output, "hibernating")?;
+            }
+            "hibernate-reading" => {
+                hibernation::hibernate(READING_STATE, None)?;
+                writeln!(output, "hibernating")?;
             }
             "hibernate-loop" => {
                 hibernation::hibernate(LOOP_STATE, Some(Duration::ZERO))?;
