@@ -9,8 +9,9 @@
 //!
 //! - [`cli`]: the flags, made into a [`config::Config`].
 //! - [`server`]: the listeners and accept loops, the front door, admission
-//!   control, one task per connection, reload, graceful drain, and one
-//!   version of each service ([`server::service`]).
+//!   control, one task per connection (and its hibernation between
+//!   instances), reload, graceful drain, and one version of each service
+//!   ([`server::service`]).
 //! - [`sandbox`]: the engine and its instance pool, the plugin loaded once
 //!   ([`sandbox::plugin`], with its compile [`sandbox::cache`]), and per
 //!   connection a store with its own WASI context, capabilities and limits
@@ -20,7 +21,7 @@
 //!   defined once, the file as written and as meant.
 //! - [`capabilities`]: what a plugin may ask beyond its streams: outbound
 //!   TCP, key-value buckets, messages, what it may learn of its connection,
-//!   its settings. Each owns its per-connection state and links its own
+//!   hibernation, its settings. Each owns its per-connection state and links its own
 //!   imports; only the sandbox's store knows them all.
 //! - [`net`]: the client's socket as the streams `run` borrows, the PROXY
 //!   protocol header, TLS.
@@ -34,7 +35,9 @@
 //! front door, [`net`]) → admit (a place in the service's pool, or the
 //! queue) → a fresh store and instance ([`sandbox`]) → `run` with the
 //! socket's streams, under the CPU budget, idle timeout and lifetime →
-//! output flushed, socket closed, one `closed` log line.
+//! output flushed, socket closed, one `closed` log line. A plugin that
+//! hibernates returns without the close: the instance and its place go,
+//! and a wake admits the connection again for a fresh instance.
 
 pub mod capabilities;
 pub mod cli;

@@ -20,6 +20,12 @@ fn the_example_file_is_valid() {
     let config = check(include_str!("../../../examples/portico.toml")).unwrap();
     assert_eq!(config.admin, Some("127.0.0.1:9900".parse().unwrap()));
     assert_eq!(config.services.len(), 3);
+    let echo = &config.services[0];
+    assert_eq!(echo.limits.max_hibernated, 10_000);
+    assert_eq!(
+        echo.limits.hibernated_idle_timeout,
+        Duration::from_secs(3600)
+    );
     let greeter = &config.services[1];
     assert_eq!(greeter.settings["banner"], "welcome");
     assert!(!greeter.peers.admits("127.0.0.66".parse().unwrap()));
