@@ -90,6 +90,12 @@ pub struct ProcessFlags {
     /// file, `[cache] enabled = false`.
     #[arg(long, conflicts_with_all = ["config_file", "cache_dir"])]
     pub no_cache: bool,
+
+    /// Let other processes listen on the same address (SO_REUSEPORT): run
+    /// several hosts with the same flags and the kernel spreads connections
+    /// over them. In a config file, `reuse-port = true`.
+    #[arg(long, conflicts_with = "config_file")]
+    pub reuse_port: bool,
 }
 
 /// Where the one service listens and what its plugin reads.
@@ -280,6 +286,7 @@ impl Args {
             drain_timeout: limits.drain_timeout,
             log_format: self.process.log_format.unwrap_or_default(),
             cache_dir: self.process.cache_dir(),
+            reuse_port: self.process.reuse_port,
             services: vec![config::Service {
                 name: service_name(plugin),
                 plugin: plugin.clone(),

@@ -746,3 +746,46 @@ fn a_reload_at_full_capacity_waits_for_a_slot() {
     conn.write_all(b"config banner\n").unwrap();
     assert_eq!(read_line(&mut conn), "two\n");
 }
+
+/// With `reuse-port`, two hosts on one config listen on the same address
+/// and the kernel spreads connections over both; a reload of one leaves the
+/// other as it is. Without it, the second host is refused the address, in
+/// one line.
+#[test]
+fn hosts_share_an_address_with_reuse_port() {
+    let scratch = Scratch::new("reuse-port");
+    let addr = crate::util::free_addr();
+    let text = format!(
+        "reuse-port = true\n[services.echo]\nplugin = \"{{echo}}\"\nlisten = [\"{addr}\"]\n"
+    );
+    let config = scratch.config(&text);
+    let first = Host::start_config(&config, &[], 1, false);
+    let second = Host::start_config(&config, &[], 1, false);
+    assert_eq!((first.addr, second.addr), (addr, addr));
+    for _ in 0..40 {
+        let mut stream = connect(addr);
+        assert!(crate::util::echoes(&mut stream, "spread"));
+    }
+    second.signal(libc::SIGHUP);
+    second.wait_for_log(&["reloaded"]);
+    for host in [&first, &second] {
+        assert!(
+            host.log().contains("accepted"),
+            "one host got every connection:\n{}",
+            host.log()
+        );
+    }
+
+    let alone = scratch.config(&text.replace("reuse-port = true\n", ""));
+    let output = crate::util::host_command()
+        .arg("--config-file")
+        .arg(&alone)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

@@ -70,6 +70,7 @@ impl Document<'_> {
             cache_dir,
             services,
             messaging,
+            reuse_port: file.reuse_port.unwrap_or(false),
         })
     }
 

@@ -24,6 +24,7 @@ pub(super) struct File {
     #[serde(default)]
     pub(super) keyvalue: BTreeMap<String, Spanned<BucketTable>>,
     pub(super) messaging: Option<MessagingTable>,
+    pub(super) reuse_port: Option<bool>,
 }
 
 #[derive(Deserialize)]

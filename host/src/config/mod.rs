@@ -49,6 +49,9 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Where messages between connections go.
     pub messaging: messaging::Backend,
+    /// Whether listeners let other processes bind the same addresses
+    /// (`SO_REUSEPORT`), so that several hosts share them.
+    pub reuse_port: bool,
 }
 
 /// What the operator allows, from the flags or the config file.

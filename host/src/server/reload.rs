@@ -78,7 +78,7 @@ impl Host {
         let (versions, built) = self
             .build_versions(&state.versions, &config, &buckets)
             .await?;
-        let bound = self.bind_new_addresses(&state.listeners, &versions).await?;
+        let bound = self.bind_new_addresses(&state.listeners, &versions, config.reuse_port)?;
 
         // Nothing can fail from here on.
         let stopped = hand_over(&mut state.listeners, &versions);
@@ -157,11 +157,13 @@ impl Host {
         Ok((versions, built))
     }
 
-    /// Binds every address of `versions` that has no listener yet.
-    async fn bind_new_addresses(
+    /// Binds every address of `versions` that has no listener yet, letting
+    /// other processes bind it too if `reuse_port`.
+    fn bind_new_addresses(
         &self,
         listeners: &Listeners,
         versions: &Versions,
+        reuse_port: bool,
     ) -> Result<Vec<Bound>> {
         let mut bound = Vec::new();
         for version in versions.values() {
@@ -170,8 +172,7 @@ impl Host {
                 if listeners.contains_key(&key) {
                     continue;
                 }
-                let listener = TcpListener::bind(addr)
-                    .await
+                let listener = bind(*addr, reuse_port)
                     .with_context(|| format!("cannot listen on {addr}"))
                     .map_err(|error| self.in_service(error, version.name()))?;
                 bound.push((key, listener, version.clone()));
@@ -298,4 +299,24 @@ fn one_line(error: &anyhow::Error) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// How many connections the kernel queues for an accept loop: the most
+/// Linux allows by default (`net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// A listener on `addr`; with `reuse_port`, one that other processes may
+/// bind as well, the kernel spreading new connections over them.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
