@@ -214,3 +214,23 @@ fn waking_without_pause_spends_the_cpu_budget() {
     assert!(wakes > 10.0, "{wakes} wakes");
     assert!(echoes(&mut other, "and after it"));
 }
+
+/// The sleepy echo hibernates whenever its client pauses, and echoes
+/// byte-exact all the same: 1 MiB in one go, and lines with pauses between
+/// them, each pause a hibernation and each line a wake.
+#[test]
+fn the_sleepy_echo_is_byte_exact_across_wakes() {
+    let host = Host::start("sleepy-echo", &["--admin", "127.0.0.1:0"]);
+    let payload = crate::util::pattern(1 << 20, 7);
+    assert_eq!(
+        crate::util::send_and_collect(host.connect(), payload.clone()),
+        payload
+    );
+    let mut stream = host.connect();
+    for line in 0..5 {
+        assert!(echoes(&mut stream, &format!("line {line}")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wakes = host.metric(r#"portico_wakes_total{service="sleepy_echo",reason="client-data"}"#);
+    assert!(wakes >= 5.0, "{wakes} wakes");
+}
