@@ -11,6 +11,7 @@ mod capabilities;
 mod capacity;
 mod compare;
 mod echo;
+mod hibernation;
 mod inproc;
 mod instructions;
 mod load;
@@ -72,6 +73,9 @@ struct Args {
     /// Run only the TLS comparison.
     #[arg(long)]
     tls_only: bool,
+    /// Run only the hibernation scenario.
+    #[arg(long)]
+    hibernation_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +190,12 @@ fn main() -> Result<()> {
         max_connections: args.idle_connections as u32 + 256,
     };
     let duration = Duration::from_secs(args.seconds);
+    let sleepy = plugin_dir.join("sleepy_echo.wasm");
+    if args.hibernation_only {
+        let results = hibernation::measure(&launch, &sleepy, args.idle_connections, duration)?;
+        hibernation::report(&results, args.idle_connections);
+        return Ok(());
+    }
     let echo = echo::measure(&launch, args.rounds, duration, args.idle_connections)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let inproc = runtime.block_on(inproc::measure(&args.plugin, 2000))?;
@@ -206,6 +216,8 @@ fn main() -> Result<()> {
     report_startup(&inproc, startup);
     runtimes::report(&runtimes, args.seconds);
     capacity::report(&held);
+    let hibernated = hibernation::measure(&launch, &sleepy, args.idle_connections, duration)?;
+    hibernation::report(&hibernated, args.idle_connections);
     let redis = capabilities::measure(&args.host, plugin_dir, args.redis_requests)?;
     capabilities::report(&redis, args.redis_requests);
     let (portico_tls, native_tls) =
