@@ -10,6 +10,7 @@
 mod capabilities;
 mod capacity;
 mod compare;
+mod density;
 mod echo;
 mod hibernation;
 mod inproc;
@@ -139,6 +140,24 @@ enum Command {
     },
     /// Run the TLS load generator (the benchmark starts it itself): prints
     /// handshakes per second, or MiB per second.
+    /// Hibernated chat members held by several hosts on one port.
+    Density {
+        #[arg(long, default_value_t = 100_000)]
+        members: usize,
+        #[arg(long, default_value_t = 6)]
+        hosts: usize,
+    },
+    /// A client process of `density`: opens chat members and holds them.
+    HoldMembers {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source: std::net::Ipv4Addr,
+        #[arg(long)]
+        first_room: usize,
+    },
     TlsClient {
         #[arg(long)]
         addr: SocketAddr,
@@ -171,6 +190,18 @@ fn main() -> Result<()> {
             instructions,
             idle,
         }) => return compare_builds(&args, variants, *instructions, *idle),
+        Some(Command::Density { members, hosts }) => {
+            let chat = args.plugin.with_file_name("chat.wasm");
+            let density = density::measure(&args.host, &chat, *members, *hosts)?;
+            density::report(&density);
+            return Ok(());
+        }
+        Some(Command::HoldMembers {
+            addr,
+            count,
+            source,
+            first_room,
+        }) => return density::hold(*addr, *count, *source, *first_room),
         Some(Command::Instructions { baseline, update }) => {
             return guard_instructions(&args, baseline, *update);
         }
