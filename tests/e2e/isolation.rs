@@ -1,6 +1,6 @@
 use std::io::Write;
 
-use crate::util::{Host, assert_closed, echo_connection, echoes};
+use crate::util::{Host, assert_closed, echo_connection, echoes, read_line};
 
 /// Asks a new connection to misbehave with `command`; checks that only it
 /// is closed and that the host logs `expected` about it.
@@ -68,4 +68,27 @@ fn panic_message_reaches_the_log() {
     culprit.write_all(b"panic\n").unwrap();
     assert_closed(&mut culprit);
     host.wait_for_log(&["conn=1", "stderr", "asked to panic"]);
+}
+
+/// With explicit bounds checks (each slot reserving only `--max-memory`),
+/// plugin code computes as before, and a plugin that overruns its memory
+/// or its stack still traps alone, with the limit named in the log.
+#[test]
+fn explicit_bounds_checks_keep_plugins_in_their_memory() {
+    let host = Host::start(
+        "misbehave",
+        &["--explicit-bounds-checks", "--max-memory", "16"],
+    );
+    let mut stream = host.connect();
+    stream.write_all(b"compute 18\n").unwrap();
+    let answer = read_line(&mut stream);
+    assert!(answer.starts_with("computed "), "{answer:?}");
+    for command in ["alloc", "recurse"] {
+        let mut stream = host.connect();
+        stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+        assert_closed(&mut stream);
+    }
+    host.wait_for_lines(&["closed", "outcome=\"trap\""], 2);
+    host.wait_for_log(&["memory limit reached"]);
+    assert!(echoes(&mut echo_connection(&host), "still serving"));
 }

@@ -516,6 +516,9 @@ impl Document<'_> {
                 HIBERNATED_IDLE_TIMEOUT.bounds,
             )?;
         }
+        if let Some(explicit) = keys.explicit_bounds_checks {
+            base.explicit_bounds_checks = explicit;
+        }
         Ok(base)
     }
 }

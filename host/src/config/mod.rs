@@ -88,6 +88,9 @@ pub struct Limits {
     pub max_hibernation_state: u32,
     /// Close a hibernated connection when no byte has moved for this long.
     pub hibernated_idle_timeout: Duration,
+    /// Reserve only `memory_bytes` of address space per instance, and have
+    /// plugin code check its memory accesses, instead of reserving 4 GiB.
+    pub explicit_bounds_checks: bool,
 }
 
 /// One service: a plugin, the addresses it serves and how.

@@ -28,6 +28,11 @@ const TABLES_PER_PLUGIN: u32 = 8;
 /// Largest table of a plugin instance, in elements.
 pub(super) const MAX_TABLE_ELEMENTS: usize = 20_000;
 
+/// The guard after each memory when the pool reserves only `max-memory`
+/// per slot (`explicit-bounds-checks`): plugin code checks every access
+/// then, and the guard only catches what a check lets a little past.
+const EXPLICIT_CHECKS_GUARD: u64 = 64 * 1024;
+
 /// Freed slots decommitted together; see [`engine`].
 const DECOMMIT_BATCH: usize = 32;
 
@@ -130,6 +135,16 @@ pub fn engine(limits: &Limits, init: MemoryInit) -> Result<Engine> {
         // without it every stack ever used stays resident.
         .async_stack_zeroing(true)
         .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+    // By default each slot reserves 4 GiB of address space, so that
+    // compiled code needs no bounds checks; that caps a process near 28,000
+    // live connections. Reserving `max-memory` instead lifts the cap and
+    // costs memory-bound plugin code its checks (sorting 2^20 numbers: 31.8
+    // ms against 55.8), and nothing per connection (61.0 us against 61.2).
+    if limits.explicit_bounds_checks {
+        config
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(EXPLICIT_CHECKS_GUARD);
+    }
     Engine::new(&config).with_context(|| {
         format!("cannot set up the WebAssembly engine for {n} connections (--max-connections)")
     })

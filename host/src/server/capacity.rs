@@ -24,10 +24,17 @@ fn mappings_per_connection(init: MemoryInit) -> u64 {
 /// Mappings and files kept free for everything else the process does.
 const HEADROOM: u64 = 1024;
 
-/// Address space one pool slot reserves: wasmtime's 4 GiB for the memory,
-/// so that plugin code needs no bounds checks, its 32 MiB guard, and the
-/// slot's fiber stack and tables, rounded up.
-const ADDRESS_SPACE_PER_CONNECTION: u64 = (4 << 30) + (64 << 20);
+/// Address space one pool slot reserves: for the memory, wasmtime's 4 GiB
+/// and 32 MiB guard, so that plugin code needs no bounds checks, or, with
+/// `explicit-bounds-checks`, `max-memory` and a 64 KiB guard; then 32 MiB
+/// for the slot's fiber stack and tables, rounded up.
+fn address_space_per_connection(limits: &config::Limits) -> u64 {
+    let memory = match limits.explicit_bounds_checks {
+        true => limits.memory_bytes as u64 + (64 << 10),
+        false => (4 << 30) + (32 << 20),
+    };
+    memory + (32 << 20)
+}
 /// A process's user address space (47 bits on x86-64, and on aarch64 with
 /// 4 KiB pages), less an eighth for everything else.
 const ADDRESS_SPACE: u64 = (1 << 47) - (1 << 44);
@@ -92,7 +99,11 @@ impl Capacity {
         let by_mappings = max_map_count.map_or(u64::MAX, |max| {
             max.saturating_sub(mapped + HEADROOM) / per_connection
         });
-        let by_address = ADDRESS_SPACE / ADDRESS_SPACE_PER_CONNECTION;
+        let by_address = services
+            .iter()
+            .map(|service| ADDRESS_SPACE / address_space_per_connection(&service.limits))
+            .min()
+            .unwrap_or(u64::MAX);
         Capacity {
             connections: by_files.min(by_mappings).min(by_address).max(1),
             wanted,
@@ -118,7 +129,8 @@ impl Capacity {
             let binding = if self.by_address < self.by_files.min(self.by_mappings) {
                 format!(
                     "each connection reserves 4 GiB of address space, and the process has room \
-                     for {}: run more host processes",
+                     for {}: set explicit-bounds-checks (--explicit-bounds-checks), which \
+                     reserves only max-memory, or run more host processes (--reuse-port)",
                     self.by_address
                 )
             } else if self.by_mappings < self.by_files {
@@ -140,5 +152,27 @@ impl Capacity {
                 self.wanted
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process holds about 28,000 live connections by address space with
+    /// 4 GiB per slot, and about 1.2 million with explicit bounds checks
+    /// and 64 MiB of memory each.
+    #[test]
+    fn explicit_bounds_checks_lift_the_address_space_cap() {
+        let mut limits = config::defaults::default_limits();
+        assert_eq!(
+            ADDRESS_SPACE / address_space_per_connection(&limits),
+            28_230
+        );
+        limits.explicit_bounds_checks = true;
+        assert_eq!(
+            ADDRESS_SPACE / address_space_per_connection(&limits),
+            1_222_542
+        );
     }
 }

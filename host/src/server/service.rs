@@ -101,6 +101,7 @@ impl Version {
             let old = &previous.spec.limits;
             old.max_connections == limits.max_connections
                 && old.memory_bytes == limits.memory_bytes
+                && old.explicit_bounds_checks == limits.explicit_bounds_checks
                 && previous.memory_init == memory_init
         });
         let engine = match shared {

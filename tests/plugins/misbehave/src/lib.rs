@@ -273,6 +273,27 @@ impl Handler for Misbehave {
                 hibernation::hibernate(SUBSCRIBED_STATE, None)?;
                 writeln!(output, "hibernating")?;
             }
+            "compute" => {
+                // Sorts 2^N pseudo-random numbers (a memory-bound workload)
+                // and says how long it took, timed inside the plugin.
+                let started = std::time::Instant::now();
+                let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+                let mut numbers: Vec<u32> = (0..1usize << number)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u32
+                    })
+                    .collect();
+                numbers.sort_unstable();
+                let took = started.elapsed().as_micros();
+                writeln!(
+                    output,
+                    "computed {} in {took} us",
+                    numbers[numbers.len() / 2]
+                )?;
+            }
             "hibernate-reading" => {
                 hibernation::hibernate(READING_STATE, None)?;
                 writeln!(output, "hibernating")?;
