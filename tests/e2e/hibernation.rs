@@ -234,3 +234,43 @@ fn the_sleepy_echo_is_byte_exact_across_wakes() {
     let wakes = host.metric(r#"portico_wakes_total{service="sleepy_echo",reason="client-data"}"#);
     assert!(wakes >= 5.0, "{wakes} wakes");
 }
+
+/// A connection that arrived over TLS behind a PROXY header hibernates
+/// and wakes with both kept: the woken instance reads and writes through
+/// the same TLS session, and is told the addresses the header gave.
+#[test]
+fn tls_and_proxy_addresses_survive_hibernation() {
+    use std::io::{BufRead, BufReader};
+    let scratch = Scratch::new("hibernation-tls");
+    let config = scratch.config(
+        r#"
+        [services.misbehave]
+        plugin = "{misbehave}"
+        listen = ["127.0.0.1:0"]
+        [services.misbehave.tls]
+        certificates = [ { cert = "{certs}/a.pem", key = "{certs}/a.key" } ]
+        [services.misbehave.proxy-protocol]
+        trusted = ["127.0.0.1/32"]
+        "#,
+    );
+    let host = Host::start_config(&config, &[], 1, false);
+    let mut tcp = TcpStream::connect(host.addr).unwrap();
+    tcp.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 5000 443\r\n")
+        .unwrap();
+    let stream = crate::util::tls_over(tcp, "localhost", None).unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    let mut ask = |command: &str, line: &mut String| {
+        stream.get_mut().write_all(command.as_bytes()).unwrap();
+        line.clear();
+        stream.read_line(line).unwrap();
+    };
+    ask("hibernate 7\n", &mut line);
+    assert_eq!(line, "hibernating\n");
+    std::thread::sleep(Duration::from_millis(200));
+    ask("info\n", &mut line);
+    assert_eq!(line, "woke client-data 7\n");
+    line.clear();
+    stream.read_line(&mut line).unwrap();
+    assert_eq!(line, "1 192.0.2.7:5000 198.51.100.1:443\n");
+}
