@@ -195,6 +195,12 @@ pub struct LimitFlags {
     #[arg(long, value_name = "DURATION", default_value_t = HIBERNATED_IDLE_TIMEOUT.default.into(), value_parser = duration_parser(HIBERNATED_IDLE_TIMEOUT.bounds), conflicts_with = "config_file")]
     pub hibernated_idle_timeout: humantime::Duration,
 
+    /// Close a connection that has hibernated this long after it was
+    /// accepted, in place of --max-lifetime (connections that hibernate
+    /// tend to live long). Off unless given: --max-lifetime applies.
+    #[arg(long, value_name = "DURATION", value_parser = duration_parser(MAX_LIFETIME), conflicts_with = "config_file")]
+    pub hibernated_max_lifetime: Option<humantime::Duration>,
+
     /// Reserve only --max-memory of address space per instance, not 4 GiB,
     /// so that one process can hold far more live connections; plugin code
     /// then checks its memory accesses, which makes memory-bound code
@@ -343,6 +349,7 @@ impl LimitFlags {
             max_hibernated: self.max_hibernated,
             max_hibernation_state: self.max_hibernation_state,
             hibernated_idle_timeout: *self.hibernated_idle_timeout,
+            hibernated_max_lifetime: self.hibernated_max_lifetime.map(Into::into),
             explicit_bounds_checks: self.explicit_bounds_checks,
         })
     }

@@ -274,3 +274,30 @@ fn tls_and_proxy_addresses_survive_hibernation() {
     stream.read_line(&mut line).unwrap();
     assert_eq!(line, "1 192.0.2.7:5000 198.51.100.1:443\n");
 }
+
+/// A connection that has hibernated lives to `hibernated-max-lifetime`,
+/// one that never did to `max-lifetime`; both count from the accept.
+#[test]
+fn hibernated_connections_have_their_own_lifetime() {
+    let host = Host::start(
+        "misbehave",
+        &[
+            "--max-lifetime",
+            "500ms",
+            "--hibernated-max-lifetime",
+            "2s",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let accepted = Instant::now();
+    let mut sleeper = hibernated(&host, 1, 0.0);
+    let mut live = echo_connection(&host);
+    assert_closed(&mut live);
+    std::thread::sleep(Duration::from_millis(800).saturating_sub(accepted.elapsed()));
+    assert_eq!(ask(&mut sleeper, "echo"), "woke client-data 1\n");
+    assert_eq!(read_line(&mut sleeper), "ok\n");
+    assert_closed(&mut sleeper);
+    assert!(accepted.elapsed() >= Duration::from_secs(2));
+    host.wait_for_lines(&["closed", "reason=\"maximum lifetime reached\""], 2);
+}

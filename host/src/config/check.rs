@@ -516,6 +516,10 @@ impl Document<'_> {
                 HIBERNATED_IDLE_TIMEOUT.bounds,
             )?;
         }
+        if let Some(text) = keys.hibernated_max_lifetime {
+            base.hibernated_max_lifetime =
+                Some(self.duration(text, &key("hibernated-max-lifetime"), MAX_LIFETIME)?);
+        }
         if let Some(explicit) = keys.explicit_bounds_checks {
             base.explicit_bounds_checks = explicit;
         }

@@ -44,6 +44,7 @@ pub fn default_limits() -> Limits {
         max_hibernated: MAX_HIBERNATED.default,
         max_hibernation_state: MAX_HIBERNATION_STATE.default,
         hibernated_idle_timeout: HIBERNATED_IDLE_TIMEOUT.default,
+        hibernated_max_lifetime: None,
         explicit_bounds_checks: false,
     }
 }

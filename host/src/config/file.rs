@@ -79,6 +79,7 @@ macro_rules! with_limit_keys {
             pub(super) max_hibernated: Option<Spanned<i64>>,
             pub(super) max_hibernation_state: Option<Spanned<i64>>,
             pub(super) hibernated_idle_timeout: Option<Spanned<String>>,
+            pub(super) hibernated_max_lifetime: Option<Spanned<String>>,
             pub(super) explicit_bounds_checks: Option<bool>,
         }
 
@@ -101,6 +102,7 @@ macro_rules! with_limit_keys {
                     max_hibernated: self.max_hibernated.as_ref(),
                     max_hibernation_state: self.max_hibernation_state.as_ref(),
                     hibernated_idle_timeout: self.hibernated_idle_timeout.as_ref(),
+                    hibernated_max_lifetime: self.hibernated_max_lifetime.as_ref(),
                     explicit_bounds_checks: self.explicit_bounds_checks,
                 }
             }
@@ -180,5 +182,6 @@ pub(super) struct LimitKeys<'a> {
     pub(super) max_hibernated: Option<&'a Spanned<i64>>,
     pub(super) max_hibernation_state: Option<&'a Spanned<i64>>,
     pub(super) hibernated_idle_timeout: Option<&'a Spanned<String>>,
+    pub(super) hibernated_max_lifetime: Option<&'a Spanned<String>>,
     pub(super) explicit_bounds_checks: Option<bool>,
 }

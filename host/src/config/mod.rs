@@ -88,9 +88,23 @@ pub struct Limits {
     pub max_hibernation_state: u32,
     /// Close a hibernated connection when no byte has moved for this long.
     pub hibernated_idle_timeout: Duration,
+    /// Close a connection that has hibernated this long after it was
+    /// accepted, in place of `max_lifetime`; `None` keeps `max_lifetime`.
+    pub hibernated_max_lifetime: Option<Duration>,
     /// Reserve only `memory_bytes` of address space per instance, and have
     /// plugin code check its memory accesses, instead of reserving 4 GiB.
     pub explicit_bounds_checks: bool,
+}
+
+impl Limits {
+    /// How long after its accept a connection is closed: a connection that
+    /// has hibernated may be given longer than one that never did.
+    pub fn lifetime(&self, has_hibernated: bool) -> Option<Duration> {
+        match has_hibernated {
+            true => self.hibernated_max_lifetime.or(self.max_lifetime),
+            false => self.max_lifetime,
+        }
+    }
 }
 
 /// One service: a plugin, the addresses it serves and how.

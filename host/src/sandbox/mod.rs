@@ -185,6 +185,7 @@ impl Sandbox {
         cpu: &mut CpuBudget,
         woken: Option<Woken>,
     ) -> Served {
+        let lifetime = self.limits.lifetime(woken.is_some());
         let mut conn = match self.connection_store(info, socket, woken) {
             Ok(conn) => conn,
             Err(error) => return Served::new(Outcome::Trapped(error)),
@@ -216,7 +217,9 @@ impl Sandbox {
                     .map_err(|()| "exited with a failure status".to_string())),
             }
         });
-        let outcome = self.under_limits(work, socket, accepted, cpu).await;
+        let outcome = self
+            .under_limits(work, socket, accepted, lifetime, cpu)
+            .await;
 
         let mut served = Served::new(outcome);
         served.instantiation = instantiation;
@@ -298,10 +301,11 @@ impl Sandbox {
         work: impl Future<Output = Result<Result<(), String>>>,
         socket: &Socket,
         accepted: Instant,
+        lifetime: Option<Duration>,
         cpu: &mut CpuBudget,
     ) -> Outcome {
         let lifetime = async {
-            match self.limits.max_lifetime {
+            match lifetime {
                 Some(lifetime) => {
                     tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await
                 }

@@ -5,7 +5,9 @@
 //! What it holds meanwhile is its socket (TLS session included), the
 //! plugin's state and subscriptions ([`Hibernation`]), and its CPU budget,
 //! which the connection's task keeps. The idle timeout is the service's
-//! `hibernated-idle-timeout`; the lifetime counts from the accept.
+//! `hibernated-idle-timeout`; the lifetime counts from the accept, and is
+//! `hibernated-max-lifetime` if set, else `max-lifetime`, from the first
+//! hibernation on.
 //!
 //! A woken connection takes a place as a new one does, then passes the
 //! wake gate: as many connections as cores may be in the first slice of a
@@ -103,7 +105,7 @@ async fn wait_for_wake(
         }
     };
     let lifetime = async {
-        match limits.max_lifetime {
+        match limits.lifetime(true) {
             Some(lifetime) => tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await,
             None => std::future::pending().await,
         }
