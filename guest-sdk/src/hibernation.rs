@@ -62,21 +62,11 @@
 //!   [`WakeReason::Draining`]: say goodbye and return. Hibernating is
 //!   refused from then on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use crate::bindings::portico::plugin::hibernation::WakeReason;
 use crate::bindings::portico::plugin::hibernation::{self, Error};
 use crate::pubsub::Subscription;
-
-/// Whether this instance asked to hibernate, and the host agreed.
-static REQUESTED: AtomicBool = AtomicBool::new(false);
-
-/// Whether [`hibernate`] succeeded in this instance: its subscriptions are
-/// then kept, not dropped.
-pub(crate) fn is_requested() -> bool {
-    REQUESTED.load(Ordering::Relaxed)
-}
 
 /// What an instance of a woken connection is handed.
 pub struct Wake {
@@ -99,7 +89,7 @@ pub struct Wake {
 pub fn hibernate(state: &[u8], wake_after: Option<Duration>) -> crate::Result {
     let wake_after = wake_after.map(|after| u64::try_from(after.as_nanos()).unwrap_or(u64::MAX));
     let granted = hibernation::hibernate(state, wake_after);
-    REQUESTED.store(granted.is_ok(), Ordering::Relaxed);
+    crate::pubsub::keep_subscriptions(granted.is_ok());
     granted.map_err(|error| match error {
         Error::StateTooLarge(limit) => format!("cannot hibernate: {limit}").into(),
         Error::TooManyHibernated => {

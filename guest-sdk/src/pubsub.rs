@@ -7,6 +7,8 @@
 //! line). Delivery is at most once: a subscriber that falls behind loses
 //! messages, and [`Subscription::dropped`] says how many.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use crate::bindings::portico::plugin::pubsub::Message;
 use crate::bindings::portico::plugin::pubsub::{self, Error};
 use crate::bindings::wasi::io::poll::Pollable;
@@ -14,9 +16,19 @@ use crate::net::Readable;
 
 /// Messages published to one topic since subscribing. Dropping it
 /// unsubscribes, except after a successful
-/// [`hibernate`](crate::hibernation::hibernate): the connection then keeps
+/// `hibernation::hibernate`: the connection then keeps
 /// it for its next instance.
 pub struct Subscription(Option<pubsub::Subscription>);
+
+/// Whether dropping a subscription keeps it for the connection's next
+/// instance: set once this instance's `hibernate` has succeeded.
+static KEEP_ON_DROP: AtomicBool = AtomicBool::new(false);
+
+/// Makes every subscription dropped from now on kept rather than
+/// unsubscribed (or not), for `hibernation::hibernate`.
+pub(crate) fn keep_subscriptions(keep: bool) {
+    KEEP_ON_DROP.store(keep, Ordering::Relaxed);
+}
 
 /// Starts receiving what is published to `topic` (dot-separated words).
 pub fn subscribe(topic: &str) -> crate::Result<Subscription> {
@@ -62,7 +74,7 @@ impl Drop for Subscription {
         // `run` that asked to hibernate returns: those Rust drops on the way
         // out must stay held.
         if let Some(subscription) = self.0.take()
-            && crate::hibernation::is_requested()
+            && KEEP_ON_DROP.load(Ordering::Relaxed)
         {
             std::mem::forget(subscription);
         }

@@ -301,3 +301,20 @@ fn hibernated_connections_have_their_own_lifetime() {
     assert!(accepted.elapsed() >= Duration::from_secs(2));
     host.wait_for_lines(&["closed", "reason=\"maximum lifetime reached\""], 2);
 }
+
+/// Hibernated connections are bounded by the open files that live ones
+/// leave: asking for more than that is warned of at start, with what to
+/// raise, and the host serves with what fits.
+#[test]
+fn max_hibernated_is_bounded_by_open_files() {
+    let host = Host::start(
+        "misbehave",
+        &["--max-hibernated", "4000000000", "--admin", "127.0.0.1:0"],
+    );
+    let warning = host.wait_for_log(&["max-hibernated", "does not fit", "ulimit -n"]);
+    assert!(
+        warning.contains("4000000000 for all services together"),
+        "{warning}"
+    );
+    let _sleeper = hibernated(&host, 1, 0.0);
+}

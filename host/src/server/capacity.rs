@@ -2,7 +2,8 @@
 //! from the open-file limit, `vm.max_map_count` and the address space the
 //! instance pools reserve: past that figure the host would fail to
 //! instantiate connections, so every service is capped at it and refuses
-//! the rest, and the log says what to raise.
+//! the rest, and the log says what to raise. Hibernated connections hold
+//! only a socket each: they are bounded by the open files live ones leave.
 
 use tracing::{info, warn};
 
@@ -46,6 +47,11 @@ const ADDRESS_SPACE: u64 = (1 << 47) - (1 << 44);
 /// failing to instantiate them.
 pub(super) struct Capacity {
     pub(super) connections: u64,
+    /// Hibernated connections the open files leave room for, all services
+    /// together.
+    pub(super) hibernated: u64,
+    /// What the services' `max-hibernated` ask for together.
+    hibernated_wanted: u64,
     /// What the services' `max-connections` ask for together.
     wanted: u64,
     files: u64,
@@ -73,7 +79,11 @@ impl Capacity {
             .filter(|service| service.tls.is_some() || service.proxy_protocol.is_some())
             .map(|service| u64::from(service.limits.max_connections))
             .sum();
-        let needed = wanted + handshaking + queued + HEADROOM;
+        let hibernated_wanted: u64 = services
+            .iter()
+            .map(|service| u64::from(service.limits.max_hibernated))
+            .sum();
+        let needed = wanted + handshaking + queued + hibernated_wanted + HEADROOM;
         // A failure to raise the limit shows in the figure logged.
         let files = rlimit::increase_nofile_limit(needed).unwrap_or(needed);
         let by_files = u64::try_from(
@@ -104,8 +114,16 @@ impl Capacity {
             .map(|service| ADDRESS_SPACE / address_space_per_connection(&service.limits))
             .min()
             .unwrap_or(u64::MAX);
+        let connections = by_files.min(by_mappings).min(by_address).max(1);
+        // Live connections come first; hibernated ones get the files left.
+        let live = connections.min(wanted);
+        let hibernated = files
+            .saturating_sub(HEADROOM + queued + live + handshaking.min(live))
+            .min(hibernated_wanted);
         Capacity {
-            connections: by_files.min(by_mappings).min(by_address).max(1),
+            connections,
+            hibernated,
+            hibernated_wanted,
             wanted,
             files,
             by_files,
@@ -121,10 +139,20 @@ impl Capacity {
         let capacity = self.connections;
         info!(
             target: "portico_host::server",
-            ceiling = capacity.min(self.wanted), open_files = self.files,
-            max_map_count = ?self.max_map_count, mappings = self.mapped,
+            ceiling = capacity.min(self.wanted), hibernated = self.hibernated,
+            open_files = self.files, max_map_count = ?self.max_map_count, mappings = self.mapped,
             "connections this process can hold"
         );
+        if self.hibernated < self.hibernated_wanted {
+            warn!(
+                target: "portico_host::server",
+                "max-hibernated ({} for all services together) does not fit, at most {} \
+                 hibernate at once: the open-file limit is {}: raise it with `ulimit -n`",
+                self.hibernated_wanted,
+                self.hibernated,
+                self.files
+            );
+        }
         if capacity < self.wanted {
             let binding = if self.by_address < self.by_files.min(self.by_mappings) {
                 format!(

@@ -95,6 +95,8 @@ pub struct Host {
     ready: AtomicBool,
     /// How many connections this process can hold, all services together.
     capacity: u64,
+    /// How many hibernated connections it can hold besides.
+    hibernated_capacity: u64,
     /// What is being served. A lock held across a whole reload, so that
     /// reloads happen one at a time.
     state: Mutex<State>,
@@ -155,6 +157,7 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
         next_id: AtomicU64::new(0),
         ready: AtomicBool::new(false),
         capacity: capacity.connections,
+        hibernated_capacity: capacity.hibernated,
         state: Mutex::new(State::default()),
         counters: Default::default(),
         drain_timeout,

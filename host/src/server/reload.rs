@@ -121,6 +121,7 @@ impl Host {
             cache: self.cache.clone(),
             ticker: &self.ticker,
             ceiling: u32::try_from(self.capacity).unwrap_or(u32::MAX),
+            hibernated_ceiling: u32::try_from(self.hibernated_capacity).unwrap_or(u32::MAX),
             broker: self.broker.clone(),
             waking: self.waking.clone(),
         };

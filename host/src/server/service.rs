@@ -66,6 +66,9 @@ pub struct HostParts<'a> {
     pub ticker: &'a EpochTicker,
     /// The most connections one service may serve at once in this process.
     pub ceiling: u32,
+    /// The most connections one service may hold hibernated in this
+    /// process.
+    pub hibernated_ceiling: u32,
     /// Carries messages between every service's connections.
     pub broker: Arc<Broker>,
     /// The process's wake gate, shared by every service.
@@ -118,7 +121,11 @@ impl Version {
             None => None,
         };
         let plugin = compile(&engine, spec, bytes, host.cache.clone()).await?;
-        let sandbox = Arc::new(sandbox_for(spec, plugin, counters, host, buckets));
+        let limits = crate::config::Limits {
+            max_hibernated: host.hibernated_ceiling.min(limits.max_hibernated),
+            ..limits.clone()
+        };
+        let sandbox = Arc::new(sandbox_for(spec, limits, plugin, counters, host, buckets));
         sandbox
             .check()
             .await
@@ -212,16 +219,15 @@ async fn compile(
 /// and the grants its capabilities check.
 fn sandbox_for(
     spec: &config::Service,
+    limits: config::Limits,
     plugin: Plugin,
     counters: Arc<Counters>,
     host: &HostParts<'_>,
     buckets: Granted,
 ) -> Sandbox {
-    let limits = &spec.limits;
     Sandbox {
         service: spec.name.as_str().into(),
         plugin,
-        limits: limits.clone(),
         counters,
         stop: host.stop.clone(),
         draining: host.draining.clone(),
@@ -239,6 +245,7 @@ fn sandbox_for(
                 patterns: spec.messaging.clone(),
             })
         }),
+        limits,
     }
 }
 
