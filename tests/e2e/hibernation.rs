@@ -227,12 +227,17 @@ fn the_sleepy_echo_is_byte_exact_across_wakes() {
         payload
     );
     let mut stream = host.connect();
+    let wakes = r#"portico_wakes_total{service="sleepy_echo",reason="client-data"}"#;
+    let before = host.metric(wakes);
     for line in 0..5 {
+        wait_for_metric(
+            &host,
+            r#"portico_connections_hibernated{service="sleepy_echo"}"#,
+            1.0,
+        );
         assert!(echoes(&mut stream, &format!("line {line}")));
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let wakes = host.metric(r#"portico_wakes_total{service="sleepy_echo",reason="client-data"}"#);
-    assert!(wakes >= 5.0, "{wakes} wakes");
+    assert_eq!(host.metric(wakes), before + 5.0);
 }
 
 /// A connection that arrived over TLS behind a PROXY header hibernates

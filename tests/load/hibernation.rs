@@ -158,7 +158,8 @@ fn a_wake_storm_keeps_other_connections_served() {
     });
     let wakes = host.metric(r#"portico_wakes_total{service="misbehave",reason="message"}"#);
     println!("{wakes} wakes for messages");
-    assert!(wakes >= 10_000.0, "{wakes} wakes");
+    // Every message wakes every subscriber not already awake.
+    assert!(wakes >= 2_000.0, "{wakes} wakes");
     for mut subscriber in subscribers {
         subscriber.shutdown(std::net::Shutdown::Write).unwrap();
         subscriber.read_to_end(&mut Vec::new()).unwrap();
