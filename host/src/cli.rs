@@ -76,6 +76,18 @@ pub struct ProcessFlags {
     #[arg(long, value_name = "ADDR", conflicts_with = "config_file")]
     pub admin: Option<SocketAddr>,
 
+    /// The file holding the token that `POST /reload` on the admin endpoint
+    /// must present as `Authorization: Bearer TOKEN`. Without one, reload
+    /// over HTTP is refused unless the endpoint is on a loopback address.
+    /// In a config file, `[admin] token-file`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "admin",
+        conflicts_with = "config_file"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
     /// How log lines are written: `text`, or `json` for log shippers (one
     /// object per line). In a config file, the `log-format` key.
     #[arg(long, value_name = "FORMAT", conflicts_with = "config_file")]
@@ -296,6 +308,7 @@ impl Args {
         let limits = self.limits.limits()?;
         let config = Config {
             admin: self.process.admin,
+            admin_token_file: self.process.admin_token_file.clone(),
             drain_timeout: limits.drain_timeout,
             log_format: self.process.log_format.unwrap_or_default(),
             cache_dir: self.process.cache_dir(),

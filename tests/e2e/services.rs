@@ -789,3 +789,99 @@ fn hosts_share_an_address_with_reuse_port() {
         "{stderr}"
     );
 }
+
+/// `curl` against the admin endpoint: the status code and the body.
+fn admin_curl(url: &str, args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(["--write-out", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("a status code");
+    (code.parse().expect("a status code"), body.to_string())
+}
+
+/// With an admin token, `POST /reload` needs it (curl with none, a wrong
+/// one and the right one); the endpoints that only read stay open. A token
+/// file that is missing or empty stops the host at start, in one line.
+#[test]
+fn reload_over_http_needs_the_admin_token() {
+    let scratch = Scratch::new("admin-token");
+    let token_file = scratch.0.join("admin-token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let token_arg = token_file.display().to_string();
+    let host = Host::start(
+        "echo",
+        &["--admin", "127.0.0.1:0", "--admin-token-file", &token_arg],
+    );
+    let reload = host.admin_url("/reload");
+    let (code, body) = admin_curl(&reload, &["--request", "POST"]);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let wrong = [
+        "--request",
+        "POST",
+        "--header",
+        "Authorization: Bearer s3cret-tokeN",
+    ];
+    assert_eq!(admin_curl(&reload, &wrong).0, 401);
+    let right = [
+        "--request",
+        "POST",
+        "--header",
+        "Authorization: Bearer s3cret-token",
+    ];
+    let (code, body) = admin_curl(&reload, &right);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("services built"), "{body}");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(admin_curl(&host.admin_url(path), &[]).0, 200, "{path}");
+    }
+
+    let empty = scratch.0.join("empty-token");
+    std::fs::write(&empty, " \n").unwrap();
+    for (file, problem) in [
+        (scratch.0.join("missing-token"), "cannot read it"),
+        (empty, "is empty"),
+    ] {
+        let output = crate::util::host_command()
+            .arg("--plugin")
+            .arg(crate::util::plugin("echo"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--admin-token-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        let line = format!("error: admin token file {}", file.display());
+        assert!(
+            stderr.starts_with(&line) && stderr.contains(problem),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+/// Without a token, `POST /reload` is refused on an endpoint that other
+/// machines can reach, and the host says so at start; on a loopback
+/// address it is allowed, and the host says that too.
+#[test]
+fn without_a_token_reload_is_local_only() {
+    let open = Host::start("echo", &["--admin", "0.0.0.0:0"]);
+    open.wait_for_log(&["no admin token: POST /reload is refused"]);
+    let (code, body) = admin_curl(&open.admin_url("/reload"), &["--request", "POST"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("--admin-token-file"), "{body}");
+    assert_eq!(admin_curl(&open.admin_url("/metrics"), &[]).0, 200);
+
+    let local = Host::start("echo", &["--admin", "127.0.0.1:0"]);
+    local.wait_for_log(&["no admin token: POST /reload is open to this machine's users"]);
+    assert_eq!(
+        admin_curl(&local.admin_url("/reload"), &["--request", "POST"]).0,
+        200
+    );
+}

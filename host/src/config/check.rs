@@ -48,6 +48,11 @@ impl Document<'_> {
             Some(admin) => Some(self.address(&admin.listen, "admin.listen")?),
             None => None,
         };
+        let admin_token_file = file
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.token_file.as_ref())
+            .map(|path| folder.join(path.get_ref()));
         let log_format = self.log_format(file.log_format.as_ref())?;
         let cache_dir = cache_dir(file.cache.as_ref(), folder);
         if file.services.is_empty() {
@@ -65,6 +70,7 @@ impl Document<'_> {
         }
         Ok(Config {
             admin,
+            admin_token_file,
             drain_timeout: base.drain_timeout,
             log_format,
             cache_dir,

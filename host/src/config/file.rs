@@ -48,6 +48,7 @@ pub(super) struct BucketTable {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct AdminTable {
     pub(super) listen: Spanned<String>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

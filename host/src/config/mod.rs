@@ -39,6 +39,8 @@ use file::File;
 pub struct Config {
     /// Where the admin endpoint listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// The file holding the token that `POST /reload` must present.
+    pub admin_token_file: Option<PathBuf>,
     /// On shutdown, how long live connections may take to finish.
     pub drain_timeout: Duration,
     /// How log lines are written.

@@ -125,3 +125,22 @@ fn the_filter_allows_then_denies() {
     assert!(!filter.admits("127.0.0.66".parse().unwrap()));
     assert!(!filter.admits("10.0.0.1".parse().unwrap()));
 }
+
+#[test]
+fn the_admin_token_file_is_relative_to_the_config_file() {
+    let config = check(
+        r#"
+        [admin]
+        listen = "127.0.0.1:9900"
+        token-file = "secrets/admin-token"
+        [services.a]
+        plugin = "a.wasm"
+        listen = ["127.0.0.1:1"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        config.admin_token_file.as_deref(),
+        Some(Path::new("/srv/secrets/admin-token"))
+    );
+}

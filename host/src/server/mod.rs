@@ -163,7 +163,13 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
         drain_timeout,
     });
     let admin = match config.admin {
-        Some(addr) => Some((addr, metrics::install()?)),
+        Some(addr) => {
+            let token = match &config.admin_token_file {
+                Some(path) => Some(admin::Token::read(path)?),
+                None => None,
+            };
+            Some((addr, token, metrics::install()?))
+        }
         None => None,
     };
     tokio::select! {
@@ -175,8 +181,8 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     }
     capacity.log();
     host.ready.store(true, Relaxed);
-    if let Some((addr, metrics)) = admin {
-        admin::serve(addr, host.clone(), metrics).await?;
+    if let Some((addr, token, metrics)) = admin {
+        admin::serve(addr, host.clone(), metrics, token).await?;
     }
 
     tokio::spawn({
