@@ -219,6 +219,7 @@ fn main() -> Result<()> {
         plugin: args.plugin.clone(),
         poco: args.poco.clone(),
         max_connections: args.idle_connections as u32 + 256,
+        max_hibernated: 0,
     };
     let duration = Duration::from_secs(args.seconds);
     let sleepy = plugin_dir.join("sleepy_echo.wasm");

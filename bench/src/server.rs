@@ -30,6 +30,8 @@ pub struct Launch {
     pub poco: PathBuf,
     /// Room for the 10,000-connection scenario, plus the load.
     pub max_connections: u32,
+    /// Room for as many hibernated connections.
+    pub max_hibernated: u32,
 }
 
 /// CPU time, in seconds.
@@ -179,6 +181,7 @@ impl Server {
                     .arg("--plugin")
                     .arg(&launch.plugin)
                     .args(["--max-connections", &launch.max_connections.to_string()])
+                    .args(["--max-hibernated", &launch.max_hibernated.to_string()])
                     .args(["--max-queued", "0"])
                     .env("PORTICO_LOG", "warn");
             }
