@@ -33,32 +33,34 @@ static void drop_stream_error(wasi_io_streams_stream_error_t *error) {
     }
 }
 
+/* What a read call returned, into `buffer`: how many bytes, 0 at the
+ * client's end, -1 on an error. */
+static ptrdiff_t take_read(bool read, handler_list_u8_t *bytes,
+                           wasi_io_streams_stream_error_t *error, void *buffer, size_t len) {
+    if (!read) {
+        int closed = error->tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED;
+        drop_stream_error(error);
+        return closed ? 0 : -1;
+    }
+    size_t n = bytes->len < len ? bytes->len : len;
+    memcpy(buffer, bytes->ptr, n);
+    handler_list_u8_free(bytes);
+    return (ptrdiff_t)n;
+}
+
 ptrdiff_t portico_read(portico_connection_t *conn, void *buffer, size_t len) {
     handler_list_u8_t bytes;
     wasi_io_streams_stream_error_t error;
-    if (!wasi_io_streams_method_input_stream_blocking_read(conn->input, len, &bytes, &error)) {
-        int closed = error.tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED;
-        drop_stream_error(&error);
-        return closed ? 0 : -1;
-    }
-    size_t n = bytes.len < len ? bytes.len : len;
-    memcpy(buffer, bytes.ptr, n);
-    handler_list_u8_free(&bytes);
-    return (ptrdiff_t)n;
+    bool read = wasi_io_streams_method_input_stream_blocking_read(conn->input, len, &bytes, &error);
+    return take_read(read, &bytes, &error, buffer, len);
 }
 
 ptrdiff_t portico_try_read(portico_connection_t *conn, void *buffer, size_t len) {
     handler_list_u8_t bytes;
     wasi_io_streams_stream_error_t error;
-    if (!wasi_io_streams_method_input_stream_read(conn->input, len, &bytes, &error)) {
-        int closed = error.tag == WASI_IO_STREAMS_STREAM_ERROR_CLOSED;
-        drop_stream_error(&error);
-        return closed ? 0 : -1;
-    }
-    size_t n = bytes.len < len ? bytes.len : len;
-    memcpy(buffer, bytes.ptr, n);
-    handler_list_u8_free(&bytes);
-    return n == 0 && len > 0 ? PORTICO_WOULD_BLOCK : (ptrdiff_t)n;
+    bool read = wasi_io_streams_method_input_stream_read(conn->input, len, &bytes, &error);
+    ptrdiff_t n = take_read(read, &bytes, &error, buffer, len);
+    return read && n == 0 && len > 0 ? PORTICO_WOULD_BLOCK : n;
 }
 
 int portico_write(portico_connection_t *conn, const void *data, size_t len) {

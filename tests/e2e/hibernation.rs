@@ -20,24 +20,11 @@ fn hibernated(host: &Host, bytes: usize, hibernated_before: f64) -> TcpStream {
         ask(&mut stream, &format!("hibernate {bytes}")),
         "hibernating\n"
     );
-    wait_for_metric(host, HIBERNATED, hibernated_before + 1.0);
+    host.wait_for_metric(HIBERNATED, hibernated_before + 1.0);
     stream
 }
 
 const HIBERNATED: &str = r#"portico_connections_hibernated{service="misbehave"}"#;
-
-/// Waits until metric `series` reads `value`.
-fn wait_for_metric(host: &Host, series: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.metric(series) != value {
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed at {}, not {value}",
-            host.metric(series)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A hibernated connection holds no place: with one place, a second client
 /// is served while the first hibernates; then the first wakes on its bytes
@@ -230,8 +217,7 @@ fn the_sleepy_echo_is_byte_exact_across_wakes() {
     let wakes = r#"portico_wakes_total{service="sleepy_echo",reason="client-data"}"#;
     let before = host.metric(wakes);
     for line in 0..5 {
-        wait_for_metric(
-            &host,
+        host.wait_for_metric(
             r#"portico_connections_hibernated{service="sleepy_echo"}"#,
             1.0,
         );

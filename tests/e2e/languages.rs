@@ -111,16 +111,7 @@ fn c_and_python_counters_hibernate_between_lines() {
     for plugin in ["c-count", "py-count"] {
         let host = Host::start(plugin, &["--admin", "127.0.0.1:0"]);
         let hibernated = format!(r#"portico_connections_hibernated{{service="{plugin}"}}"#);
-        let wait_hibernated = || {
-            let deadline = std::time::Instant::now() + crate::util::TIMEOUT;
-            while host.metric(&hibernated) != 1.0 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{plugin} never hibernated"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        };
+        let wait_hibernated = || host.wait_for_metric(&hibernated, 1.0);
         let mut stream = host.connect();
         // Nothing to read yet: the first instance hibernates at once.
         wait_hibernated();

@@ -108,25 +108,12 @@ fn chat_rooms_carry_lines_between_connections() {
     // its room who did not say it, and nobody else.
     let hibernated = r#"portico_connections_hibernated{service="chat"}"#;
     let message_wakes = r#"portico_wakes_total{service="chat",reason="message"}"#;
-    host_metric_reaches(&host, hibernated, 3.0);
+    host.wait_for_metric(hibernated, 3.0);
     let before = host.metric(message_wakes);
     writeln!(alice, "still there, bob?").unwrap();
     assert_eq!(read_line(&mut bob), "alice: still there, bob?\n");
-    host_metric_reaches(&host, hibernated, 3.0);
+    host.wait_for_metric(hibernated, 3.0);
     assert_eq!(host.metric(message_wakes), before + 1.0);
-}
-
-/// Waits until `series` on `host`'s admin endpoint reads `value`.
-fn host_metric_reaches(host: &Host, series: &str, value: f64) {
-    let deadline = Instant::now() + TIMEOUT;
-    while host.metric(series) != value {
-        assert!(
-            Instant::now() < deadline,
-            "{series} is {}, not {value}",
-            host.metric(series)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Two hosts on one NATS server: a line said on one reaches the room's

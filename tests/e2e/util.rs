@@ -239,6 +239,19 @@ impl Host {
             .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
     }
 
+    /// Waits until metric `series` reads `value`.
+    pub fn wait_for_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.metric(series) != value {
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {}, not {value}",
+                self.metric(series)
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The admin endpoint's URL for `path`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin.expect("an admin endpoint"))

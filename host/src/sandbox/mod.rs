@@ -304,23 +304,24 @@ impl Sandbox {
         lifetime: Option<Duration>,
         cpu: &mut CpuBudget,
     ) -> Outcome {
-        let lifetime = async {
-            match lifetime {
-                Some(lifetime) => {
-                    tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             returned = CpuMeter::new(work, cpu) => match returned {
                 Some(returned) => classify(returned),
                 None => Outcome::Stopped(StopReason::CpuBudget),
             },
             () = socket.idle(self.limits.idle_timeout) => Outcome::Stopped(StopReason::Idle),
-            () = lifetime => Outcome::Stopped(StopReason::Lifetime),
+            () = lifetime_ends(lifetime, accepted) => Outcome::Stopped(StopReason::Lifetime),
             () = self.stop.cancelled() => Outcome::Stopped(StopReason::Shutdown),
         }
+    }
+}
+
+/// Resolves when a connection accepted at `accepted` reaches `lifetime`;
+/// never, without one.
+pub async fn lifetime_ends(lifetime: Option<Duration>, accepted: Instant) {
+    match lifetime {
+        Some(lifetime) => tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await,
+        None => std::future::pending().await,
     }
 }
 

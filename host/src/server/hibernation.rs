@@ -24,7 +24,6 @@
 //! with both.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -36,7 +35,8 @@ use crate::capabilities::hibernation::{Hibernation, WakeReason, Woken, count_wak
 use crate::capabilities::messaging::Subscription;
 use crate::net::socket::{ClientEvent, Socket};
 use crate::ops::counters::count;
-use crate::sandbox::StopReason;
+use crate::sandbox::{StopReason, lifetime_ends};
+use crate::server::admission::wait_for_place;
 use crate::server::service::Version;
 
 /// A woken connection, admitted again.
@@ -104,12 +104,6 @@ async fn wait_for_wake(
             None => std::future::pending().await,
         }
     };
-    let lifetime = async {
-        match limits.lifetime(true) {
-            Some(lifetime) => tokio::time::sleep(lifetime.saturating_sub(accepted.elapsed())).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         biased;
         () = version.sandbox.draining.cancelled() => Ok(WakeReason::Draining),
@@ -120,7 +114,7 @@ async fn wait_for_wake(
         () = any_message(&mut hibernation.subscriptions) => Ok(WakeReason::Message),
         () = timer => Ok(WakeReason::Timer),
         () = socket.idle(limits.hibernated_idle_timeout) => Err(StopReason::Idle),
-        () = lifetime => Err(StopReason::Lifetime),
+        () = lifetime_ends(limits.lifetime(true), accepted) => Err(StopReason::Lifetime),
     }
 }
 
@@ -140,21 +134,17 @@ async fn any_message(subscriptions: &mut [Subscription]) {
 }
 
 /// Takes a place for a woken connection: at once if one is free, else in
-/// the same queue as new connections, first come first served (counted as
-/// queued). A wake is not refused when the queue is full: the connection
-/// is the service's already. The end of a drain closes it.
+/// the same queue as new connections ([`wait_for_place`]). A wake is not
+/// refused when the queue is full: the connection is the service's
+/// already. The end of a drain closes it.
 async fn admit_again(version: &Version) -> Result<OwnedSemaphorePermit, StopReason> {
     if let Ok(place) = version.places.clone().try_acquire_owned() {
         return Ok(place);
     }
-    let counters = &version.sandbox.counters;
-    count(&counters.queued);
-    let place = tokio::select! {
-        place = version.places.clone().acquire_owned() => place.ok(),
-        () = version.sandbox.stop.cancelled() => None,
-    };
-    counters.queued.fetch_sub(1, Relaxed);
-    place.ok_or(StopReason::Shutdown)
+    count(&version.sandbox.counters.queued);
+    wait_for_place(version, &version.sandbox.stop)
+        .await
+        .ok_or(StopReason::Shutdown)
 }
 
 pin_project_lite::pin_project! {
