@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -40,7 +39,7 @@ pub(super) fn admit(
         info!(target: "portico_host::server", service = version.name(), conn = arrival.id, peer = %arrival.peer, "queued: all places taken");
         let stop = stop.clone();
         tracker.spawn(async move {
-            if let Some(place) = wait_for_place(&version, &stop).await {
+            if let Some(place) = version.wait_for_place(&stop).await {
                 serve_connection(version, arrival, place).await;
             }
         });
@@ -52,24 +51,6 @@ pub(super) fn admit(
         );
         warn_of_refusal(&version, &arrival, &why);
     }
-}
-
-/// Waits in the service's queue for a place, first come first served, new
-/// connections and woken ones alike. The caller has counted the connection
-/// as queued (at once, so that the next admission sees it); it is
-/// uncounted when it leaves the queue. `None` if `stop` comes first.
-pub(super) async fn wait_for_place(
-    version: &Version,
-    stop: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
-    let counters = &version.sandbox.counters;
-    let place = tokio::select! {
-        // The semaphore is never closed, so acquiring cannot fail.
-        place = version.places.clone().acquire_owned() => place.ok(),
-        () = stop.cancelled() => None,
-    };
-    counters.queued.fetch_sub(1, Relaxed);
-    place
 }
 
 /// Warns that a connection was refused, at most once a

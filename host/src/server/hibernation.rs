@@ -36,7 +36,6 @@ use crate::capabilities::messaging::Subscription;
 use crate::net::socket::{ClientEvent, Socket};
 use crate::ops::counters::count;
 use crate::sandbox::{StopReason, lifetime_ends};
-use crate::server::admission::wait_for_place;
 use crate::server::service::Version;
 
 /// A woken connection, admitted again.
@@ -134,7 +133,7 @@ async fn any_message(subscriptions: &mut [Subscription]) {
 }
 
 /// Takes a place for a woken connection: at once if one is free, else in
-/// the same queue as new connections ([`wait_for_place`]). A wake is not
+/// the same queue as new connections ([`Version::wait_for_place`]). A wake is not
 /// refused when the queue is full: the connection is the service's
 /// already. The end of a drain closes it.
 async fn admit_again(version: &Version) -> Result<OwnedSemaphorePermit, StopReason> {
@@ -142,7 +141,8 @@ async fn admit_again(version: &Version) -> Result<OwnedSemaphorePermit, StopReas
         return Ok(place);
     }
     count(&version.sandbox.counters.queued);
-    wait_for_place(version, &version.sandbox.stop)
+    version
+        .wait_for_place(&version.sandbox.stop)
         .await
         .ok_or(StopReason::Shutdown)
 }

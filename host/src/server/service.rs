@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 
@@ -162,6 +162,22 @@ impl Version {
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Waits in the service's queue for a place, first come first served,
+    /// new connections and woken ones alike. The caller has counted the
+    /// connection as queued (at once, so that the next admission sees it);
+    /// it is uncounted when it leaves the queue. `None` if `stop` comes
+    /// first.
+    pub async fn wait_for_place(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        let queued = &self.sandbox.counters.queued;
+        let place = tokio::select! {
+            // The semaphore is never closed, so acquiring cannot fail.
+            place = self.places.clone().acquire_owned() => place.ok(),
+            () = stop.cancelled() => None,
+        };
+        queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        place
     }
 
     /// Whether a connection has anything to go through (a PROXY header, a
