@@ -20,6 +20,7 @@ mod native;
 mod pin;
 mod runtimes;
 mod server;
+mod soak;
 mod tls;
 
 use std::net::SocketAddr;
@@ -166,6 +167,28 @@ enum Command {
         #[arg(long)]
         seconds: u64,
     },
+    /// The soak: the release host with several services under mixed load,
+    /// hostile plugins and scheduled faults for N minutes; fails if a
+    /// target is missed (see RELIABILITY.md). Run it with `cargo xtask
+    /// soak --minutes N`; it mounts a tmpfs, so it runs as root.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// The `host` binary (built with --release).
+        #[arg(long, default_value = "target/release/host")]
+        host: PathBuf,
+        /// The folder of the built plugins (`cargo xtask plugins`: the Go
+        /// echo too).
+        #[arg(long, default_value = "target/wasm32-wasip2/release")]
+        plugin_dir: PathBuf,
+        /// Where the summary, plots, metrics and host log go.
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+        /// Kill Redis once without opening a fault window: a check of the
+        /// soak itself, which must then count the errors as lost and fail.
+        #[arg(long)]
+        unannounced_redis_kill: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -204,6 +227,25 @@ fn main() -> Result<()> {
         }) => return density::hold(*addr, *count, *source, *first_room),
         Some(Command::Instructions { baseline, update }) => {
             return guard_instructions(&args, baseline, *update);
+        }
+        Some(Command::Soak {
+            minutes,
+            host,
+            plugin_dir,
+            out,
+            unannounced_redis_kill,
+        }) => {
+            let options = soak::Options {
+                minutes: *minutes,
+                host: host.clone(),
+                plugin_dir: plugin_dir.clone(),
+                out: out.clone(),
+                unannounced_redis_kill: *unannounced_redis_kill,
+            };
+            if !soak::run(&options)? {
+                anyhow::bail!("the soak missed targets (see above)");
+            }
+            return Ok(());
         }
         None => {}
     }

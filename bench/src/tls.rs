@@ -316,6 +316,23 @@ pub fn serve(listen: SocketAddr, cert: &Path, key: &Path) -> Result<()> {
 /// The load generator: `mode` is `handshakes` (prints handshakes per
 /// second) or `stream` (prints MiB per second).
 pub fn client(addr: SocketAddr, mode: &str, seconds: u64) -> Result<()> {
+    let connector = connector()?;
+    let duration = Duration::from_secs(seconds);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let value = runtime.block_on(async {
+        match mode {
+            "handshakes" => handshakes(addr, connector, duration).await,
+            "stream" => stream(addr, connector, duration).await,
+            other => bail!("no mode {other}"),
+        }
+    })?;
+    println!("{value:.2}");
+    Ok(())
+}
+
+/// A client that does a full handshake on every connection and does not
+/// check the server's certificate.
+pub fn connector() -> Result<tokio_rustls::TlsConnector> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Checking the server's certificate and signature costs the client two
     // ECDSA verifications a handshake, more than the server spends: with
@@ -328,18 +345,7 @@ pub fn client(addr: SocketAddr, mode: &str, seconds: u64) -> Result<()> {
         .with_no_client_auth();
     // Every handshake a full one: what a server pays for a new client.
     config.resumption = rustls::client::Resumption::disabled();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let duration = Duration::from_secs(seconds);
-    let runtime = tokio::runtime::Runtime::new()?;
-    let value = runtime.block_on(async {
-        match mode {
-            "handshakes" => handshakes(addr, connector, duration).await,
-            "stream" => stream(addr, connector, duration).await,
-            other => bail!("no mode {other}"),
-        }
-    })?;
-    println!("{value:.2}");
-    Ok(())
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Accepts the server's certificate and signatures unchecked.
@@ -381,7 +387,8 @@ impl rustls::client::danger::ServerCertVerifier for TrustTheServer {
     }
 }
 
-async fn connect(
+/// Connects to `addr` and does a TLS handshake for `localhost`.
+pub async fn connect(
     addr: SocketAddr,
     connector: &tokio_rustls::TlsConnector,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
