@@ -85,9 +85,7 @@ pub fn run(options: &Options) -> Result<bool> {
     let collected = runtime.block_on(drive(&context, &host, &redis, &nats))?;
     let host_cpu = host.kill();
     let ending = runtime.block_on(read_back(&context, &collected.ledger, run_for));
-    let met = finish(&out, &context, &collected, &ending, host_cpu.total_s())?;
-    drop(disk);
-    Ok(met)
+    finish(&out, &context, &collected, &ending, host_cpu.total_s())
 }
 
 /// What the soak runs with.
