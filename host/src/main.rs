@@ -29,20 +29,7 @@ fn main() -> ExitCode {
     match started {
         Ok(code) => code,
         Err(error) => {
-            // Some causes repeat their source in their own text (redis's,
-            // async-nats's): each is said once.
-            let mut message = String::new();
-            for cause in error.chain().map(ToString::to_string) {
-                if !message.ends_with(&cause) {
-                    if !message.is_empty() {
-                        message.push_str(": ");
-                    }
-                    message.push_str(&cause);
-                }
-            }
-            // Some causes (wasmparser's, say) span lines; keep it to one.
-            let one_line: Vec<&str> = message.lines().map(str::trim).collect();
-            eprintln!("error: {}", one_line.join(" "));
+            eprintln!("error: {}", portico_host::ops::log::error_line(&error));
             ExitCode::from(2)
         }
     }

@@ -278,7 +278,7 @@ listen = ["127.0.0.1:0"]
         (
             "no services",
             "drain-timeout = \"1s\"\n".into(),
-            &["no services"],
+            &["portico.toml:1: services: no services"],
         ),
         (
             "zero connect timeout",

@@ -31,6 +31,10 @@ fn assert_refused(args: &[&std::ffi::OsStr], expected: &[&str]) {
         .collect();
     assert_eq!(lines.len(), 1, "one error line, got:\n{stderr}");
     assert!(lines[0].starts_with("error:"), "{stderr}");
+    assert!(
+        !lines[0].chars().any(char::is_control),
+        "a control character in: {stderr:?}"
+    );
     for part in expected {
         assert!(lines[0].contains(part), "{part:?} missing from: {stderr}");
     }
@@ -94,6 +98,28 @@ fn plugin_that_is_truncated() {
     let echo = std::fs::read(plugin("echo")).unwrap();
     let file = Scratch::new("truncated.wasm", &echo[..echo.len() / 2]);
     refuse_plugin(&file.0, &["is not a valid WebAssembly component"]);
+}
+
+/// A plugin whose names hold control characters: wasmparser's error
+/// quotes the name, and the host's line must not carry the escape
+/// sequence to the operator's terminal (found by the `plugin` fuzz
+/// target).
+#[test]
+fn plugin_whose_names_hold_control_characters() {
+    let mut echo = std::fs::read(plugin("echo")).unwrap();
+    let at = echo
+        .windows(b"blocking-flush".len())
+        .position(|name| name == b"blocking-flush")
+        .expect("the echo imports blocking-flush");
+    echo[at + 2..at + 6].copy_from_slice(b"\x1b[2J");
+    let file = Scratch::new("control-name.wasm", &echo);
+    refuse_plugin(
+        &file.0,
+        &[
+            "is not a valid WebAssembly component",
+            "bl\\u{1b}[2Jng-flush",
+        ],
+    );
 }
 
 #[test]

@@ -10,6 +10,9 @@
 //! - `cargo xtask plugins`: set up and build every plugin only.
 //! - `cargo xtask soak [--minutes N]`: set up, build, and run the soak with
 //!   faults (see RELIABILITY.md and `soak.rs`).
+//! - `cargo xtask fuzz [TARGET] [--seconds N] | --smoke`: build the fuzz
+//!   targets with cargo-fuzz and run them, or (`--smoke`) run each over its
+//!   committed corpus only, as CI does (see `fuzz.rs`).
 //!
 //! "Set up" means installing the `wasm32-wasip2` target with rustup; for
 //! the plugins in other languages, their toolchains (Debian's clang, lld
@@ -17,6 +20,7 @@
 //! npm); for the tests, also the programs they run that the machine lacks,
 //! from Debian's packages (`promtool`, from `prometheus`, ...).
 
+mod fuzz;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -54,9 +58,10 @@ fn main() -> ExitCode {
             build_plugins(Languages::All).map(|dir| println!("plugins built in {}", dir.display()))
         }
         "soak" => soak::soak(rest),
+        "fuzz" => fuzz::fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | bench [BENCH FLAGS...] | plugins | soak [--minutes N]>"
+                "usage: cargo xtask <run [HOST FLAGS...] | test [CARGO TEST ARGS...] | bench [BENCH FLAGS...] | plugins | soak [--minutes N] | fuzz [TARGET] [--seconds N] | fuzz --smoke>"
             );
             return ExitCode::from(2);
         }

@@ -164,8 +164,14 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let document = Document { path, text: &text };
-        let file: File = toml::from_str(&text).map_err(|error| {
+        Config::parse(path, &text)
+    }
+
+    /// Checks `text`, the config file at `path`; every problem is one
+    /// error, `PATH:LINE: KEY: PROBLEM`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let document = Document { path, text };
+        let file: File = toml::from_str(text).map_err(|error| {
             let line = error.span().map_or(0, |span| document.line(span));
             anyhow!(
                 "{}:{line}: {}",

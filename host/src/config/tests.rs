@@ -78,6 +78,18 @@ fn errors_name_the_line_and_the_key() {
 }
 
 /// The file accepts what the flags always took: both read one set of bounds.
+/// Found by the `config` fuzz target: an empty file's error named no line.
+#[test]
+fn every_problem_names_a_line() {
+    for text in ["", "drain-timeout = \"1s\"\n"] {
+        let error = format!("{:#}", check(text).unwrap_err());
+        assert!(
+            error.starts_with("portico.toml:1: services: no services"),
+            "{error}"
+        );
+    }
+}
+
 #[test]
 fn the_file_takes_the_flags_widest_values() {
     let config = check(

@@ -8,6 +8,8 @@
 //! (before TLS), and exactly to its end, so that what follows it is left
 //! for the TLS handshake or the plugin. Parsing is the `ppp` crate's.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use anyhow::{Result, anyhow, bail};
 use ipnet::IpNet;
 use ppp::v1;
 use ppp::v2;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// A listener's PROXY protocol settings, as the config gives them.
@@ -56,6 +58,20 @@ pub struct Addresses {
     pub destination: SocketAddr,
 }
 
+/// Where a header is read from: the client's socket, or (in the fuzz
+/// tests) bytes that arrive in pieces.
+pub trait HeaderSource: AsyncRead + Unpin + Send {
+    /// Copies into `buf` what has arrived and not been read, leaving it to
+    /// be read; waits for at least one byte (0 at the end).
+    fn peek(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl HeaderSource for TcpStream {
+    fn peek(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send {
+        TcpStream::peek(self, buf)
+    }
+}
+
 impl ProxySpec {
     /// Whether `peer` may send a header.
     pub fn trusts(&self, peer: IpAddr) -> bool {
@@ -66,13 +82,13 @@ impl ProxySpec {
     /// Reads the header that starts `tcp`, and nothing after it. `None`
     /// when it gives no addresses: a proxy's own health check (v2 `LOCAL`)
     /// or `UNKNOWN`, for which the socket's addresses stand.
-    pub async fn read_header(&self, tcp: &mut TcpStream) -> Result<Option<Addresses>> {
+    pub async fn read_header(&self, tcp: &mut impl HeaderSource) -> Result<Option<Addresses>> {
         tokio::time::timeout(self.timeout, self.read(tcp))
             .await
             .map_err(|_| anyhow!("no complete header within {:?}", self.timeout))?
     }
 
-    async fn read(&self, tcp: &mut TcpStream) -> Result<Option<Addresses>> {
+    async fn read(&self, tcp: &mut impl HeaderSource) -> Result<Option<Addresses>> {
         let mut header = vec![0; V1_SHORTEST];
         read_exact(tcp, &mut header).await?;
         if header.starts_with(V2_SIGNATURE) {
@@ -106,7 +122,7 @@ impl ProxySpec {
     }
 }
 
-async fn read_exact(tcp: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+async fn read_exact(tcp: &mut impl HeaderSource, buf: &mut [u8]) -> Result<()> {
     match tcp.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -120,7 +136,7 @@ async fn read_exact(tcp: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
 /// Where the end is already in the socket's buffer (as when the proxy sent
 /// the header in one piece, as proxies do), one read takes it; otherwise
 /// bytes are read one at a time, so that none past the end is taken.
-async fn read_line_end(tcp: &mut TcpStream, header: &mut Vec<u8>) -> Result<()> {
+async fn read_line_end(tcp: &mut impl HeaderSource, header: &mut Vec<u8>) -> Result<()> {
     if header.ends_with(b"\r\n") {
         return Ok(());
     }

@@ -10,25 +10,38 @@
 //! character, Unicode line and paragraph separators and bidirectional
 //! overrides escaped, and cut at [`MAX_LOGGED_BYTES`].
 
+use std::borrow::Cow;
 use std::fmt::{self, Write};
 
 /// Most bytes of one piece of plugin text that reach the log.
 pub const MAX_LOGGED_BYTES: usize = 4096;
 
-/// Plugin-controlled text, displayed quoted, escaped and cut at
-/// [`MAX_LOGGED_BYTES`], with the number of bytes cut after it.
+/// Plugin-controlled text, displayed quoted and escaped, with at most
+/// [`MAX_LOGGED_BYTES`] between the quotes (escapes count as what they
+/// take: a string of control characters grows up to sixfold), and the number of
+/// bytes of text cut after it.
 pub struct Untrusted<'a>(pub &'a str);
 
 impl fmt::Display for Untrusted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = self.0;
-        let kept = text.floor_char_boundary(MAX_LOGGED_BYTES);
+        let mut shown = 0;
+        let mut kept = text.len();
         f.write_char('"')?;
-        for c in text[..kept].chars() {
-            if needs_escape(c) {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                f.write_char(c)?;
+        for (at, c) in text.char_indices() {
+            let escape = needs_escape(c);
+            let width = match escape {
+                true => c.escape_default().len(),
+                false => c.len_utf8(),
+            };
+            if shown + width > MAX_LOGGED_BYTES {
+                kept = at;
+                break;
+            }
+            shown += width;
+            match escape {
+                true => write!(f, "{}", c.escape_default())?,
+                false => f.write_char(c)?,
             }
         }
         f.write_char('"')?;
@@ -64,6 +77,26 @@ impl Write for Capped {
         }
         Ok(())
     }
+}
+
+/// `text` with every character that could end or repaint a line escaped,
+/// as [`Untrusted`] does, but unquoted and with quotes and backslashes as
+/// they are: for a line of the host's own words that quotes causes a
+/// plugin wrote (wasmparser's errors name the plugin's imports and
+/// exports, and a name may hold any character).
+pub fn without_controls(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| needs_escape(c) && !matches!(c, '"' | '\\');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match unsafe_char(c) {
+            true => escaped.extend(c.escape_default()),
+            false => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// Whether `c` could end a log line, fake a field's end, or change how the
@@ -107,6 +140,32 @@ mod tests {
         }
         let shown = displayed(&Endless);
         assert!(shown.len() <= MAX_LOGGED_BYTES + 6 && shown.ends_with(" [cut]"));
+    }
+
+    #[test]
+    fn without_controls_leaves_quotes_and_plain_text() {
+        assert_eq!(without_controls("plain `name` \"x\""), "plain `name` \"x\"");
+        assert_eq!(
+            without_controls("bl\u{1}\0\u{1b}[2J\u{202e}ush"),
+            "bl\\u{1}\\u{0}\\u{1b}[2J\\u{202e}ush"
+        );
+    }
+
+    /// Found by the `untrusted` fuzz target: 990 bytes of control
+    /// characters were shown as 4,571.
+    #[test]
+    fn escapes_count_against_the_bound() {
+        let text = "\u{1}".repeat(990);
+        let shown = Untrusted(&text).to_string();
+        let kept = MAX_LOGGED_BYTES / "\\u{1}".len();
+        assert_eq!(
+            shown,
+            format!(
+                "\"{}\" [{} more bytes cut]",
+                "\\u{1}".repeat(kept),
+                990 - kept
+            )
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tracing::{error, info};
 
 use crate::capabilities::keyvalue::Bucket;
 use crate::config::Config;
+use crate::ops::log::error_line;
 use crate::ops::metrics;
 use crate::server::accept::accept_loop;
 use crate::server::service::{HostParts, Version};
@@ -58,10 +59,10 @@ impl Host {
             Err(error) => error!(
                 target: "portico_host::server",
                 "reload refused, nothing changed: {}",
-                one_line(error)
+                error_line(error)
             ),
         }
-        applied.map_err(|error| anyhow::anyhow!(one_line(&error)))
+        applied.map_err(|error| anyhow::anyhow!(error_line(&error)))
     }
 
     /// Makes `config` what the host serves: builds the version of every
@@ -291,15 +292,6 @@ fn hand_over(listeners: &mut Listeners, versions: &Versions) -> Vec<SocketAddr> 
         }
     });
     stopped
-}
-
-/// An error and its causes, on one line.
-fn one_line(error: &anyhow::Error) -> String {
-    format!("{error:#}")
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// How many connections the kernel queues for an accept loop: the most

@@ -13,24 +13,18 @@ use std::time::Duration;
 
 use portico_guest_sdk::{Connection, Handler, Input};
 
+use head::Request;
+
+mod head;
+
 /// How long an open connection may wait for its next request.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest request head (request line and headers) accepted.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body accepted (and ignored).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 const PAGE: &str = "<!doctype html>\n<title>Portico</title>\n<h1>Hello from Portico</h1>\n<p>Served by a fresh WebAssembly instance for this connection.</p>\n";
 
 struct HttpHello;
-
-/// The parts of a request this server acts on.
-struct Request {
-    method: String,
-    path: String,
-    keep_alive: bool,
-    body_len: usize,
-}
 
 impl Handler for HttpHello {
     fn run(conn: &mut Connection) -> portico_guest_sdk::Result {
@@ -101,48 +95,15 @@ fn whoami(conn: &Connection) -> String {
 /// removes it. `None` means the client closed between requests; a head
 /// that cannot be parsed is an `InvalidData` error.
 fn next_request(input: &mut Input, received: &mut Vec<u8>) -> io::Result<Option<Request>> {
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(received) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let header = |name: &str| {
-                    parsed
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-                };
-                if header("transfer-encoding").is_some() {
-                    return Err(invalid("chunked bodies are not supported"));
-                }
-                let body_len = match header("content-length") {
-                    Some(len) => len.parse().map_err(|_| invalid("bad content-length"))?,
-                    None => 0,
-                };
-                let keep_alive = match (parsed.version, header("connection").as_deref()) {
-                    (_, Some("close")) => false,
-                    (Some(0), connection) => connection == Some("keep-alive"),
-                    _ => true,
-                };
-                let request = Request {
-                    method: parsed.method.unwrap_or_default().to_string(),
-                    path: parsed.path.unwrap_or_default().to_string(),
-                    keep_alive,
-                    body_len,
-                };
-                received.drain(..head_len);
-                return Ok(Some(request));
-            }
-            Ok(httparse::Status::Partial) if received.len() <= MAX_HEAD_BYTES => {}
-            Ok(httparse::Status::Partial) => return Err(invalid("request head too large")),
-            Err(error) => return Err(invalid(&error.to_string())),
+        if let Some((request, head_len)) = head::parse(received)? {
+            received.drain(..head_len);
+            return Ok(Some(request));
         }
         if read_more(input, received)? == 0 {
             return match received.is_empty() {
                 true => Ok(None),
-                false => Err(invalid("connection closed inside a request")),
+                false => Err(head::invalid("connection closed inside a request")),
             };
         }
     }

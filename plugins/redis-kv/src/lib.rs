@@ -9,17 +9,14 @@
 //! next command arrives. A Redis connection keeps no state of its own
 //! here, so the state is only its format byte.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portico_guest_sdk::hibernation::{self, WakeReason};
 use portico_guest_sdk::keyvalue::Bucket;
 use portico_guest_sdk::{Connection, Handler, Input, config};
 
-/// Largest request, in arguments, and largest argument, in bytes (larger
-/// than the host's 1 MiB value limit, which then answers for itself).
-const MAX_ARGS: usize = 1024;
-const MAX_ARG_BYTES: usize = 4 << 20;
+mod resp;
 
 /// The hibernation state: this build's format byte, and nothing else.
 const STATE: [u8; 1] = [1];
@@ -46,7 +43,7 @@ impl Handler for RedisKv {
                 replies.flush()?;
                 requests.get_mut().at_start = may_hibernate;
             }
-            match read_request(&mut requests) {
+            match resp::read_request(&mut requests) {
                 Ok(Some(request)) => execute(&bucket, &request, &mut replies)?,
                 Ok(None) => break,
                 // Nothing more has come: give the instance back until it
@@ -193,67 +190,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |now| now.as_millis() as u64)
-}
-
-/// Reads one request: a RESP array of bulk strings, or an inline command
-/// (`PING\r\n`). `None` once the client has closed.
-fn read_request(input: &mut impl BufRead) -> io::Result<Option<Vec<Vec<u8>>>> {
-    loop {
-        let mut line = Vec::new();
-        if input
-            .by_ref()
-            .take(MAX_ARG_BYTES as u64)
-            .read_until(b'\n', &mut line)?
-            == 0
-        {
-            return Ok(None);
-        }
-        let line = trim_line(&line);
-        let Some(count) = line.strip_prefix(b"*") else {
-            let words: Vec<Vec<u8>> = line
-                .split(|byte| byte.is_ascii_whitespace())
-                .filter(|word| !word.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect();
-            if words.is_empty() {
-                continue;
-            }
-            return Ok(Some(words));
-        };
-        let count = number(count).filter(|n| (1..=MAX_ARGS).contains(n));
-        let count = count.ok_or_else(|| protocol("invalid multibulk length"))?;
-        let mut args = Vec::with_capacity(count);
-        for _ in 0..count {
-            let mut header = Vec::new();
-            input.by_ref().take(64).read_until(b'\n', &mut header)?;
-            let len = trim_line(&header)
-                .strip_prefix(b"$")
-                .and_then(number)
-                .filter(|len| *len <= MAX_ARG_BYTES)
-                .ok_or_else(|| protocol("invalid bulk length"))?;
-            let mut arg = vec![0; len + 2];
-            input.read_exact(&mut arg)?;
-            arg.truncate(len);
-            args.push(arg);
-        }
-        return Ok(Some(args));
-    }
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn number(text: &[u8]) -> Option<usize> {
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
-fn protocol(problem: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("Protocol error: {problem}"),
-    )
 }
 
 fn write_reply(out: &mut impl Write, reply: &Reply) -> io::Result<()> {
