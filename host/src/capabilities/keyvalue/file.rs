@@ -1,21 +1,38 @@
 //! Buckets in an embedded redb database file: each write is committed
 //! durably before it returns, so data survives a restart and a `kill -9`.
 //! Each bucket is a table of its own, so several may share a file.
+//!
+//! A write that fails on the disk (it is full, say) leaves redb refusing
+//! every later transaction until the database is opened again; so after
+//! one, the bucket reopens its file, and the writes after it succeed once
+//! the disk has room (the soak's disk-full fault found this).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Backend, KvError, KvResult, PAGE, add, bucket_full, other, page};
 
 pub struct File {
-    db: Arc<redb::Database>,
+    db: Arc<Database>,
     table: Arc<str>,
     max_keys: u64,
 }
+
+/// The open database, and where its file is, to open it again after a
+/// failed write. `None` while it could not be opened again.
+struct Database {
+    path: Box<Path>,
+    open: Mutex<Option<Arc<redb::Database>>>,
+}
+
+/// How long reopening waits for the operations still using the database
+/// (redb refuses to open a file twice).
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 type Table<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
 
@@ -28,7 +45,11 @@ impl File {
                 std::fs::create_dir_all(folder)
                     .with_context(|| format!("cannot create {}", folder.display()))?;
             }
-            redb::Database::create(&path).with_context(|| format!("cannot open {}", path.display()))
+            let db = create(&path)?;
+            anyhow::Ok(Database {
+                path: path.into(),
+                open: Mutex::new(Some(Arc::new(db))),
+            })
         })
         .await??;
         Ok(Self {
@@ -39,19 +60,31 @@ impl File {
     }
 
     /// Runs `work` on the database, off the async workers (a commit waits
-    /// for the disk).
+    /// for the disk); reopens the database after a failed write.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&redb::Database, Table<'_>) -> Result<T> + Send + 'static,
     ) -> KvResult<T> {
         let (db, table) = (self.db.clone(), self.table.clone());
-        tokio::task::spawn_blocking(move || work(&db, TableDefinition::new(&table)))
-            .await
-            .map_err(other)?
-            .map_err(|error| match error.downcast::<KvError>() {
-                Ok(error) => error,
-                Err(error) => other(format!("{error:#}")),
-            })
+        tokio::task::spawn_blocking(move || {
+            let open = db.current()?;
+            let result = work(&open, TableDefinition::new(&table));
+            if let Err(error) = &result
+                && needs_reopening(error)
+            {
+                drop(open);
+                if let Err(reopening) = db.reopen() {
+                    tracing::warn!(path = %db.path.display(), "{reopening:#}");
+                }
+            }
+            result
+        })
+        .await
+        .map_err(other)?
+        .map_err(|error| match error.downcast::<KvError>() {
+            Ok(error) => error,
+            Err(error) => other(format!("{error:#}")),
+        })
     }
 
     /// Writes `key` in one committed transaction: `value` gives its new
@@ -145,4 +178,68 @@ impl Backend for File {
         })
         .await
     }
+}
+
+impl Database {
+    /// The database, opened again first if a failed write closed it.
+    fn current(&self) -> Result<Arc<redb::Database>> {
+        if let Some(db) = self.slot().as_ref() {
+            return Ok(db.clone());
+        }
+        self.reopen()?;
+        self.slot()
+            .clone()
+            .ok_or_else(|| anyhow!("{} is not open", self.path.display()))
+    }
+
+    /// Closes the database and opens it again, once the operations still
+    /// using it are done; new ones wait meanwhile.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.slot();
+        let deadline = Instant::now() + REOPEN_WAIT;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if Instant::now() > deadline {
+                anyhow::bail!("cannot reopen {}: still in use", self.path.display());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        *slot = None;
+        *slot = Some(Arc::new(create(&self.path)?));
+        Ok(())
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<redb::Database>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn create(path: &Path) -> Result<redb::Database> {
+    redb::Database::create(path).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Whether `error` is one after which redb refuses every transaction until
+/// the database is opened again: a failed read or write of its file, or
+/// the refusal itself.
+fn needs_reopening(error: &anyhow::Error) -> bool {
+    let storage = |error: &redb::StorageError| {
+        matches!(
+            error,
+            redb::StorageError::Io(_) | redb::StorageError::PreviousIo
+        )
+    };
+    let wrapped = error
+        .downcast_ref::<redb::StorageError>()
+        .or_else(|| match error.downcast_ref() {
+            Some(redb::TransactionError::Storage(error)) => Some(error),
+            _ => None,
+        })
+        .or_else(|| match error.downcast_ref() {
+            Some(redb::CommitError::Storage(error)) => Some(error),
+            _ => None,
+        })
+        .or_else(|| match error.downcast_ref() {
+            Some(redb::TableError::Storage(error)) => Some(error),
+            _ => None,
+        });
+    wrapped.is_some_and(storage)
 }
