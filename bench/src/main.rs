@@ -6,6 +6,10 @@
 //! native tokio-rustls server (`tls`).
 //!
 //! Run it with `cargo xtask bench`; BENCHMARKS.md holds the latest results.
+//!
+//! `portico-bench soak` is the other long run: the host for minutes under
+//! mixed load, hostile plugins and scheduled faults, held to the targets
+//! in RELIABILITY.md (`cargo xtask soak --minutes N`).
 
 mod capabilities;
 mod capacity;

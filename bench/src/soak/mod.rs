@@ -110,6 +110,7 @@ fn prepare_files(out: &Path) -> Result<String> {
         "host.log",
         "rss.svg",
         "fds.svg",
+        "maps.svg",
         "echo-p99.svg",
     ] {
         let _ = std::fs::remove_file(out.join(stale));

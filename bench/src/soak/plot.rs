@@ -1,5 +1,5 @@
 //! SVG plots of the soak, over its minutes: the host's RSS, its open file
-//! descriptors and mappings, and the echo probe's p99 per window against
+//! descriptors, its mappings, and the echo probe's p99 per window against
 //! the load suite's bound. Written with `plotters`' SVG backend alone, so
 //! that no font or system library is needed (text is left to the viewer's
 //! fonts).
@@ -48,16 +48,19 @@ pub fn write_all(out: &Path, samples: &[Sample]) -> Result<Vec<PathBuf>> {
         ),
         (
             "fds.svg",
-            "Host open file descriptors and mappings",
+            "Host open file descriptors",
             "count",
-            vec![
-                line("file descriptors", series(|s| s.resources.fds as f64), BLUE),
-                line(
-                    "mappings / 10",
-                    series(|s| s.resources.maps as f64 / 10.0),
-                    GREEN,
-                ),
-            ],
+            vec![line(
+                "file descriptors",
+                series(|s| s.resources.fds as f64),
+                BLUE,
+            )],
+        ),
+        (
+            "maps.svg",
+            "Host memory mappings",
+            "count",
+            vec![line("mappings", series(|s| s.resources.maps as f64), BLUE)],
         ),
         (
             "echo-p99.svg",
