@@ -94,3 +94,28 @@ pub fn sum(metrics: &Metrics, name: &str, labels: &[&str]) -> f64 {
         .map(|(_, value)| value)
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, sum};
+
+    #[test]
+    fn series_are_kept_by_name_and_labels_and_summed_by_label() {
+        let metrics = parse(
+            "# HELP portico_connections_total Connections.\n\
+             # TYPE portico_connections_total counter\n\
+             portico_connections_total{service=\"echo\"} 3\n\
+             portico_connections_total{service=\"echo-tls\"} 5\n\
+             portico_connections_closed_total{service=\"echo\",outcome=\"idle\"} 1\n\
+             portico_connections_closed_total{service=\"echo\",outcome=\"ok\"} 7\n",
+        );
+        assert_eq!(metrics.len(), 4);
+        assert_eq!(
+            sum(&metrics, "portico_connections_total", &["service=\"echo\""]),
+            3.0
+        );
+        let closed = "portico_connections_closed_total";
+        assert_eq!(sum(&metrics, closed, &["service=\"echo\""]), 8.0);
+        assert_eq!(sum(&metrics, closed, &["outcome=\"idle\""]), 1.0);
+    }
+}

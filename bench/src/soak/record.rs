@@ -309,3 +309,46 @@ impl Record {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Fault, Part, Record, Verdict};
+
+    /// An error is the fault's only inside that fault's window and only if
+    /// the fault touches its part; a span (a wrk run) need only overlap.
+    #[test]
+    fn errors_are_explained_only_by_faults_touching_them_in_their_window() {
+        let record = Record::new();
+        let window = record.start_fault(Fault::RedisKill, "");
+        let inside = record.now();
+        record.end_fault(window, Duration::from_secs(2), "");
+        // The window ends at its grace's end.
+        let end = record.now() + Duration::from_secs(2);
+        record.start_fault(Fault::Reload, "");
+        let seconds = Duration::from_secs;
+        record.error_over(Part::Proxy, inside, inside, "in it", 1);
+        record.error_over(Part::Chat, inside, inside, "not its part", 1);
+        record.error_over(
+            Part::Proxy,
+            end + seconds(1),
+            end + seconds(1),
+            "after it",
+            1,
+        );
+        record.error_over(
+            Part::Proxy,
+            seconds(0),
+            end + seconds(9),
+            "a span over it",
+            1,
+        );
+        let verdicts: Vec<bool> = record
+            .errors()
+            .iter()
+            .map(|error| matches!(record.judge(error), Verdict::Explained(Fault::RedisKill)))
+            .collect();
+        assert_eq!(verdicts, [true, false, false, true]);
+    }
+}

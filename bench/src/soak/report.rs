@@ -319,3 +319,22 @@ pub fn targets_table(targets: &[Target]) -> (String, bool) {
     let all_met = targets.iter().all(|target| target.met != Some(false));
     (text, all_met)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::spans;
+
+    /// 30 minutes: the first ten minutes after a 3-minute warm-up against
+    /// the last ten; one minute: thirds after a one-window warm-up.
+    #[test]
+    fn flatness_compares_ten_minutes_of_a_long_run_and_thirds_of_a_short_one() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(spans(minutes(30)), (minutes(3), minutes(10)));
+        assert_eq!(
+            spans(minutes(1)),
+            (Duration::from_secs(10), Duration::from_secs(50) / 3)
+        );
+    }
+}

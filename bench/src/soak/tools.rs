@@ -216,3 +216,28 @@ pub fn available(program: &Path) -> bool {
         .status()
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::WrkReport;
+
+    /// wrk's report as it prints it, with errors of every kind.
+    #[test]
+    fn wrk_errors_are_summed() {
+        let text = "Running 10s test @ http://127.0.0.1:8080/\n  1 threads and 4 connections\n  \
+                    81770 requests in 10.00s, 18.56MB read\n  \
+                    Socket errors: connect 1, read 2, write 0, timeout 3\n  \
+                    Non-2xx or 3xx responses: 4\nRequests/sec:  8177.00\n";
+        let report = WrkReport::parse(text);
+        assert_eq!(report.requests, 81770);
+        assert_eq!(report.errors, 10);
+        assert_eq!(report.error_lines.len(), 2);
+    }
+
+    /// A clean run prints no error line at all.
+    #[test]
+    fn a_clean_wrk_run_has_no_errors() {
+        let report = WrkReport::parse("  81770 requests in 1.10s, 18.56MB read\n");
+        assert_eq!((report.requests, report.errors), (81770, 0));
+    }
+}
