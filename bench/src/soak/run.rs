@@ -32,6 +32,8 @@ const DISK_SIZE: &str = "16m";
 /// start to spin: time for the host to start and pass its start-up check,
 /// which must not meet the attack.
 const ARM_AFTER: Duration = Duration::from_secs(20);
+/// How often the host's resources are read within a window.
+const RESOURCES_EVERY: Duration = Duration::from_secs(1);
 /// Lost errors printed at the end; summary.md lists more.
 const PRINTED_LOST: usize = 20;
 
@@ -323,8 +325,7 @@ async fn sample_windows(
     let mut load_before = load_cpu_s(peers_spent);
     for window in 0..windows {
         let (from, to) = (WINDOW * window as u32, WINDOW * (window as u32 + 1));
-        tokio::time::sleep(to.saturating_sub(record.now())).await;
-        let resources = Resources::read(pid)?;
+        let resources = resources_over_window(pid, record, to).await?;
         let metrics = admin.metrics().await.unwrap_or_else(|error| {
             record.problem(format!("scraping /metrics: {error:#}"));
             Default::default()
@@ -361,6 +362,22 @@ async fn sample_windows(
         samples.push(sample);
     }
     Ok(samples)
+}
+
+/// The host's resources read every second until `to`, averaged: an
+/// instant's RSS moves by a hundred MiB as memory hogs come and go, and
+/// ten readings a window make the flatness check see the trend rather
+/// than where one reading fell.
+async fn resources_over_window(pid: u32, record: &Record, to: Duration) -> Result<Resources> {
+    let mut readings = Vec::new();
+    loop {
+        let left = to.saturating_sub(record.now());
+        tokio::time::sleep(left.min(RESOURCES_EVERY)).await;
+        readings.push(Resources::read(pid)?);
+        if left <= RESOURCES_EVERY {
+            return Ok(Resources::mean(&readings));
+        }
+    }
 }
 
 fn faults_started(record: &Record, from: Duration, to: Duration) -> Vec<&'static str> {

@@ -1,6 +1,7 @@
 //! One sample of the host every window: what `/proc` says of its memory,
-//! files, threads and mappings, the CPU it and the load generators used,
-//! the echo probe's round trips, and a scrape of `/metrics`.
+//! files, threads and mappings (the mean of a reading a second), the CPU
+//! it and the load generators used, the echo probe's round trips, and a
+//! scrape of `/metrics`.
 
 use std::time::Duration;
 
@@ -45,6 +46,19 @@ impl Resources {
             fds,
             maps,
         })
+    }
+
+    /// The mean of `readings`, field by field (zero for none).
+    pub fn mean(readings: &[Resources]) -> Resources {
+        let count = readings.len().max(1) as u64;
+        let mean = |field: fn(&Resources) -> u64| readings.iter().map(field).sum::<u64>() / count;
+        Resources {
+            rss_kib: mean(|r| r.rss_kib),
+            vm_size_kib: mean(|r| r.vm_size_kib),
+            threads: mean(|r| r.threads),
+            fds: mean(|r| r.fds),
+            maps: mean(|r| r.maps),
+        }
     }
 
     /// The resources that must stay flat, by name, as numbers.
