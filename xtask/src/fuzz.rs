@@ -9,6 +9,9 @@
 //!   corpus only, once: what CI runs, so that the targets keep building and
 //!   every input that ever mattered keeps passing.
 //!
+//! After a run, each corpus is minimised (libFuzzer's `-merge`): only the
+//! inputs that add coverage stay, so the committed corpora stay small.
+//!
 //! The targets are built without a sanitizer (`-s none`): the host's code
 //! is safe Rust, wasmtime runs its own fuzzers under sanitizers, and one
 //! build without them serves the smoke test and the long runs alike, at
@@ -125,6 +128,9 @@ pub fn fuzz(args: &[String]) -> Result<()> {
         let corpus = fuzz_dir.join("corpus").join(target.name);
         std::fs::create_dir_all(&corpus)?;
         run(command.arg(&corpus)).with_context(|| format!("fuzz target {}", target.name))?;
+        if !smoke {
+            minimize(&binaries.join(target.name), &corpus, target)?;
+        }
         println!(
             "fuzz {}: passed in {:.0?}, corpus of {} inputs",
             target.name,
@@ -157,6 +163,26 @@ fn libfuzzer_flags<'a>(
         command.arg(format!("-max_len={max_len}"));
     }
     command
+}
+
+/// Replaces `corpus` with its inputs that add coverage.
+fn minimize(binary: &Path, corpus: &Path, target: &Target) -> Result<()> {
+    let merged = corpus.with_extension("merging");
+    let _ = std::fs::remove_dir_all(&merged);
+    std::fs::create_dir_all(&merged)?;
+    let mut command = Command::new(binary);
+    command.arg("-merge=1").arg("-rss_limit_mb=4096");
+    if let Some(max_len) = target.max_len {
+        command.arg(format!("-max_len={max_len}"));
+    }
+    run(command
+        .arg(&merged)
+        .arg(corpus)
+        .stderr(std::process::Stdio::null()))
+    .with_context(|| format!("minimising the corpus of {}", target.name))?;
+    std::fs::remove_dir_all(corpus)?;
+    std::fs::rename(&merged, corpus)?;
+    Ok(())
 }
 
 /// Installs cargo-fuzz from crates.io if the machine lacks it, and checks
