@@ -39,7 +39,11 @@ use wasmtime::Engine;
 /// The plugin's memory: room for a value one byte over the limit.
 const PAGES: u32 = 20;
 const MEMORY_BYTES: u32 = PAGES * 65536;
-/// Where the lists the calls pass are laid out, after the input's bytes.
+/// Where the names the service is granted are, after the input's bytes:
+/// the bucket `b`, and the topic `t.x` (granted as `t.>`).
+const BUCKET_AT: u32 = 64 * 1024 - 16;
+const TOPIC_AT: u32 = BUCKET_AT + 8;
+/// Where the lists the calls pass are laid out.
 const LISTS_AT: u32 = 64 * 1024;
 /// Where each call's answer record goes.
 const ANSWER_AT: u32 = 1_199_936;
@@ -67,6 +71,13 @@ struct Span {
     len: u32,
 }
 
+/// A name: the one granted, or any bytes in the plugin's memory.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+enum Name {
+    Granted,
+    Any(Span),
+}
+
 /// A list the generator lays out: `entries`, then the last one repeated
 /// `repeat` more times, up to one past the batch limit (a long list of one
 /// large string costs the fuzzer nothing).
@@ -78,7 +89,7 @@ struct List {
 
 #[derive(Arbitrary, Debug)]
 enum Call {
-    Open(Span),
+    Open(Name),
     Get(Span),
     Set(Span, Span),
     Delete(Span),
@@ -86,8 +97,8 @@ enum Call {
     GetMany(List),
     SetMany(List),
     DeleteMany(List),
-    Subscribe(Span),
-    Publish(Span, Span),
+    Subscribe(Name),
+    Publish(Name, Span),
 }
 
 /// Counts the bytes the host holds on the heap, and the most it held.
@@ -150,7 +161,7 @@ static CONTRACT: LazyLock<(wit_parser::Resolve, wit_parser::WorldId)> = LazyLock
 });
 
 fuzz_target!(|input: Input| {
-    if input.calls.len() > 64 || input.memory.len() > LISTS_AT as usize {
+    if input.calls.len() > 64 || input.memory.len() > BUCKET_AT as usize {
         return;
     }
     let Some(component) = component(&input) else {
@@ -252,6 +263,8 @@ fn component(input: &Input) -> Option<Vec<u8>> {
 {body}  )
   (start $calls)
   (data (i32.const 0) "{memory}")
+  (data (i32.const {BUCKET_AT}) "b")
+  (data (i32.const {TOPIC_AT}) "t.x")
   (data (i32.const {LISTS_AT}) "{lists}"))"#,
         memory = escaped(&input.memory),
         lists = escaped(&lists),
@@ -285,6 +298,10 @@ fn call_wat(call: &Call, lists: &mut Vec<u8>, body: &mut String) {
             span.len as i32
         )
     };
+    let name = |name: &Name, granted: (u32, u32)| match name {
+        Name::Granted => format!("(i32.const {}) (i32.const {})", granted.0, granted.1),
+        Name::Any(any) => span(any),
+    };
     let answer = format!("(i32.const {ANSWER_AT})");
     let bucket = "(global.get $bucket)";
     let mut list = |list: &List, pairs: bool| {
@@ -307,9 +324,9 @@ fn call_wat(call: &Call, lists: &mut Vec<u8>, body: &mut String) {
         format!("(i32.const {at}) (i32.const {count})")
     };
     let line = match call {
-        Call::Open(name) => format!(
+        Call::Open(bucket) => format!(
             "(call $open {} {answer}) (global.set $bucket (i32.load offset=4 {answer}))",
-            span(name)
+            name(bucket, (BUCKET_AT, 1))
         ),
         Call::Get(key) => format!("(call $get {bucket} {} {answer})", span(key)),
         Call::Set(key, value) => format!(
