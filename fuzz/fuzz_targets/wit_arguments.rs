@@ -348,10 +348,14 @@ fn call_wat(call: &Call, lists: &mut Vec<u8>, body: &mut String) {
                 list(keys, false)
             )
         }
-        Call::Subscribe(topic) => format!("(call $subscribe {} {answer})", span(topic)),
-        Call::Publish(topic, payload) => {
-            format!("(call $publish {} {} {answer})", span(topic), span(payload))
+        Call::Subscribe(topic) => {
+            format!("(call $subscribe {} {answer})", name(topic, (TOPIC_AT, 3)))
         }
+        Call::Publish(topic, payload) => format!(
+            "(call $publish {} {} {answer})",
+            name(topic, (TOPIC_AT, 3)),
+            span(payload)
+        ),
     };
     let _ = writeln!(body, "    {line}");
 }

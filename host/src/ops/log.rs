@@ -48,6 +48,25 @@ where
     }
 }
 
+/// An error as one line, for a start-up error's last words or a refused
+/// reload's log line: each cause once (some repeat their source in their
+/// own text, as redis's and async-nats's do), causes that span lines
+/// (wasmparser's, say) kept to one, and the control characters a plugin's
+/// names can bring into a cause escaped.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !message.ends_with(&cause) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&cause);
+        }
+    }
+    let one_line: Vec<&str> = message.lines().map(str::trim).collect();
+    super::untrusted::without_controls(&one_line.join(" ")).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -117,23 +136,4 @@ mod tests {
         assert_eq!(our_text.lines().count(), 3, "{our_text}");
         assert_eq!(our_text, full_text);
     }
-}
-
-/// An error as one line, for a start-up error's last words or a refused
-/// reload's log line: each cause once (some repeat their source in their
-/// own text, as redis's and async-nats's do), causes that span lines
-/// (wasmparser's, say) kept to one, and the control characters a plugin's
-/// names can bring into a cause escaped.
-pub fn error_line(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain().map(ToString::to_string) {
-        if !message.ends_with(&cause) {
-            if !message.is_empty() {
-                message.push_str(": ");
-            }
-            message.push_str(&cause);
-        }
-    }
-    let one_line: Vec<&str> = message.lines().map(str::trim).collect();
-    super::untrusted::without_controls(&one_line.join(" ")).into_owned()
 }
