@@ -651,9 +651,10 @@ fn run_tests(plugin_dir: &Path, poco_echo: &Path, test_args: &[String]) -> Resul
         .args(test_args))
 }
 
-fn run_bench(plugin_dir: &Path, poco_echo: &Path, bench_args: &[String]) -> Result<()> {
-    let root = workspace_root();
-    run(Command::new(cargo()).current_dir(&root).args([
+/// Builds the host and the benchmark in release mode, and returns the
+/// folder they are in.
+fn build_release_host_and_bench(root: &Path) -> Result<PathBuf> {
+    run(Command::new(cargo()).current_dir(root).args([
         "build",
         "--release",
         "--package",
@@ -661,7 +662,12 @@ fn run_bench(plugin_dir: &Path, poco_echo: &Path, bench_args: &[String]) -> Resu
         "--package",
         "portico-bench",
     ]))?;
-    let release = target_dir(&root).join("release");
+    Ok(target_dir(root).join("release"))
+}
+
+fn run_bench(plugin_dir: &Path, poco_echo: &Path, bench_args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    let release = build_release_host_and_bench(&root)?;
     run(Command::new(release.join("portico-bench"))
         .current_dir(&root)
         .arg("--host")

@@ -10,7 +10,8 @@ use std::process::Command;
 use anyhow::Result;
 
 use super::{
-    Languages, build_plugins, cargo, install_debian_packages, run, target_dir, workspace_root,
+    Languages, build_plugins, build_release_host_and_bench, install_debian_packages, run,
+    target_dir, workspace_root,
 };
 
 /// Debian's packages with the programs the soak runs.
@@ -28,16 +29,7 @@ pub fn soak(soak_args: &[String]) -> Result<()> {
     install_debian_packages(SOAK_PACKAGES)?;
     let plugins = build_plugins(Languages::All)?;
     let root = workspace_root();
-    run(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "portico-host",
-        "--package",
-        "portico-bench",
-    ]))?;
-    let target = target_dir(&root);
-    let release = target.join("release");
+    let release = build_release_host_and_bench(&root)?;
     run(Command::new(release.join("portico-bench"))
         .current_dir(&root)
         .arg("soak")
@@ -46,6 +38,6 @@ pub fn soak(soak_args: &[String]) -> Result<()> {
         .arg("--plugin-dir")
         .arg(plugins)
         .arg("--out")
-        .arg(target.join("soak"))
+        .arg(target_dir(&root).join("soak"))
         .args(soak_args))
 }
