@@ -23,9 +23,10 @@ use crate::config::defaults::{
     MAX_HIBERNATION_STATE, MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS,
     MAX_OUTBOUND_SOCKETS_PER_SERVICE, MAX_QUEUED, TLS_HANDSHAKE_TIMEOUT,
 };
-use crate::config::{self, Config, Limits, LogFormat, PeerFilter};
+use crate::config::{self, Config, Limits, LogFormat, PeerFilter, ProcessOverrides};
 use crate::net::proxy_protocol::ProxySpec;
 use crate::net::tls::{CertificateFiles, TlsSpec};
+use crate::scaffold::Language;
 use crate::server::Source;
 
 /// Serve TCP connections with WebAssembly plugins: each connection gets a
@@ -39,7 +40,11 @@ use crate::server::Source;
 #[derive(Debug, Parser)]
 #[command(name = "host", version, max_term_width = 100)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["plugin", "config_file"]))]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The plugin: a WebAssembly component built against the
     /// `portico:plugin/handler` world (for Rust, with the portico-guest-sdk
     /// crate and `--target wasm32-wasip2`).
@@ -67,46 +72,65 @@ pub struct Args {
     pub front_door: FrontDoorFlags,
 }
 
+/// What `host` does besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Write a new plugin project, NAME/, that builds on its own: an echo
+    /// handler to change, the contract and the language's SDK, a build.sh
+    /// and a README naming the tools it needs.
+    New(NewArgs),
+}
+
+/// `host new --lang LANG NAME`.
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The plugin's language: a handler in rust, python, javascript, c or
+    /// go; or command, a WASI command in Rust (a `main` whose stdin and
+    /// stdout are the connection).
+    #[arg(long, value_name = "LANG")]
+    pub lang: Language,
+
+    /// The plugin's name: its folder, its `.wasm` file and its service's
+    /// name (lower-case letters, digits, `-` and `_`).
+    pub name: String,
+}
+
 /// What the whole process does besides serving: admin endpoint, logs and
-/// the compile cache.
+/// the compile cache. Given beside `--config-file`, each wins over the
+/// file's setting, at start and at every reload.
 #[derive(Debug, FlagGroup)]
 pub struct ProcessFlags {
     /// Serve the admin endpoint (health, readiness, metrics, reload) on
     /// this address. Off unless given; in a config file, `[admin] listen`.
-    #[arg(long, value_name = "ADDR", conflicts_with = "config_file")]
+    #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
     /// The file holding the token that `POST /reload` on the admin endpoint
     /// must present as `Authorization: Bearer TOKEN`. Without one, reload
     /// over HTTP is refused unless the endpoint is on a loopback address.
     /// In a config file, `[admin] token-file`.
-    #[arg(
-        long,
-        value_name = "PATH",
-        requires = "admin",
-        conflicts_with = "config_file"
-    )]
+    #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 
     /// How log lines are written: `text`, or `json` for log shippers (one
     /// object per line). In a config file, the `log-format` key.
-    #[arg(long, value_name = "FORMAT", conflicts_with = "config_file")]
+    #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
     /// Where compiled plugins are cached. Default: $XDG_CACHE_HOME/portico,
     /// or ~/.cache/portico. In a config file, `[cache] dir`.
-    #[arg(long, value_name = "DIR", conflicts_with = "config_file")]
+    #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Compile plugins at every start rather than cache them. In a config
     /// file, `[cache] enabled = false`.
-    #[arg(long, conflicts_with_all = ["config_file", "cache_dir"])]
+    #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
     /// Let other processes listen on the same address (SO_REUSEPORT): run
     /// several hosts with the same flags and the kernel spreads connections
     /// over them. In a config file, `reuse-port = true`.
-    #[arg(long, conflicts_with = "config_file")]
+    #[arg(long)]
     pub reuse_port: bool,
 }
 
@@ -125,8 +149,8 @@ pub struct ServiceFlags {
 
     /// A setting for the plugin, read through `wasi:config/store`. Repeat for
     /// more settings; a later value for the same key wins.
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting, conflicts_with = "config_file")]
-    pub config: Vec<(String, String)>,
+    #[arg(long = "setting", visible_alias = "config", value_name = "KEY=VALUE", value_parser = parse_setting, conflicts_with = "config_file")]
+    pub settings: Vec<(String, String)>,
 }
 
 /// What one connection, and the service's connections together, may use.
@@ -300,25 +324,27 @@ impl Args {
     /// from (for reloads).
     pub fn config(&self) -> Result<(Config, Source)> {
         if let Some(path) = &self.config_file {
-            return Ok((Config::load(path)?, Source::File(path.clone())));
+            let overrides = self.process.overrides();
+            let config = overrides.apply(Config::load(path)?)?;
+            return Ok((config, Source::File(path.clone(), overrides)));
         }
         let Some(plugin) = &self.plugin else {
             bail!("give --plugin PATH or --config-file PATH");
         };
         let limits = self.limits.limits()?;
         let config = Config {
-            admin: self.process.admin,
-            admin_token_file: self.process.admin_token_file.clone(),
+            admin: None,
+            admin_token_file: None,
             drain_timeout: limits.drain_timeout,
-            log_format: self.process.log_format.unwrap_or_default(),
-            cache_dir: self.process.cache_dir(),
-            reuse_port: self.process.reuse_port,
+            log_format: LogFormat::default(),
+            cache_dir: config::default_cache_dir(),
+            reuse_port: false,
             services: vec![config::Service {
                 name: service_name(plugin),
                 plugin: plugin.clone(),
                 listen: vec![self.service.listen],
                 limits,
-                settings: self.service.config.iter().cloned().collect(),
+                settings: self.service.settings.iter().cloned().collect(),
                 peers: PeerFilter::default(),
                 outbound: self.grants.allow_outbound.clone(),
                 keyvalue: self.grants.buckets(),
@@ -328,17 +354,23 @@ impl Args {
             }],
             messaging: Default::default(),
         };
-        Ok((config, Source::Flags))
+        Ok((self.process.overrides().apply(config)?, Source::Flags))
     }
 }
 
 impl ProcessFlags {
-    /// Where compiled plugins go; `None` with `--no-cache`.
-    fn cache_dir(&self) -> Option<PathBuf> {
-        match (&self.cache_dir, self.no_cache) {
-            (_, true) => None,
-            (Some(dir), false) => Some(dir.clone()),
-            (None, false) => config::default_cache_dir(),
+    /// The flags given, to apply over a config file's settings.
+    fn overrides(&self) -> ProcessOverrides {
+        ProcessOverrides {
+            admin: self.admin,
+            admin_token_file: self.admin_token_file.clone(),
+            log_format: self.log_format,
+            cache_dir: match (&self.cache_dir, self.no_cache) {
+                (_, true) => Some(None),
+                (Some(dir), false) => Some(Some(dir.clone())),
+                (None, false) => None,
+            },
+            reuse_port: self.reuse_port,
         }
     }
 }

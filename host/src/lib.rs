@@ -8,6 +8,8 @@
 //! that no imports run in a circle):
 //!
 //! - [`cli`]: the flags, made into a [`config::Config`].
+//! - [`scaffold`]: `host new`, which writes a plugin project in any of the
+//!   languages, carrying the contract and the SDKs in the binary.
 //! - [`server`]: the listeners and accept loops, the front door, admission
 //!   control, one task per connection (and its hibernation between
 //!   instances), reload, graceful drain, and one version of each service
@@ -45,6 +47,7 @@ pub mod config;
 pub mod net;
 pub mod ops;
 pub mod sandbox;
+pub mod scaffold;
 pub mod server;
 
 use std::io::IsTerminal;

@@ -1,6 +1,7 @@
 //! The `host` binary: parses flags and hands over to [`portico_host::run`].
 //! A start-up error is one line on stderr and exit status 2.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,12 +23,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(portico_host::cli::Command::New(new)) = &args.command {
+        return new_project(new);
+    }
     let started = args.config().and_then(|(config, source)| {
         portico_host::init_logging(config.log_format);
         portico_host::run(config, source)
     });
     match started {
         Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", portico_host::ops::log::error_line(&error));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `host new`: writes the project and says what to do next.
+fn new_project(new: &portico_host::cli::NewArgs) -> ExitCode {
+    match portico_host::scaffold::write_project(Path::new(""), &new.name, new.lang) {
+        Ok(dir) => {
+            println!(
+                "wrote {dir}: build it with `cd {dir} && ./build.sh` (see {dir}/README.md for \
+                 the tools it needs), then serve it with `host --plugin {name}.wasm`",
+                dir = dir.display(),
+                name = new.name,
+            );
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {}", portico_host::ops::log::error_line(&error));
             ExitCode::from(2)

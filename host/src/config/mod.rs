@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ipnet::IpNet;
 
 use crate::capabilities::keyvalue::BucketSpec;
@@ -155,6 +155,42 @@ impl PeerFilter {
         let ip = ip.to_canonical();
         (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
             && !self.deny.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Process-wide settings given as flags beside a config file: each one
+/// given wins over the file's, at start and at every reload.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOverrides {
+    pub admin: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    /// `Some(None)`: `--no-cache`.
+    pub cache_dir: Option<Option<PathBuf>>,
+    /// `--reuse-port`; without it, the file's `reuse-port` holds.
+    pub reuse_port: bool,
+}
+
+impl ProcessOverrides {
+    /// `config` with every override given applied to it.
+    pub fn apply(&self, mut config: Config) -> Result<Config> {
+        if let Some(admin) = self.admin {
+            config.admin = Some(admin);
+        }
+        if let Some(token_file) = &self.admin_token_file {
+            config.admin_token_file = Some(token_file.clone());
+        }
+        if config.admin_token_file.is_some() && config.admin.is_none() {
+            bail!("--admin-token-file needs the admin endpoint: give --admin ADDR too");
+        }
+        if let Some(log_format) = self.log_format {
+            config.log_format = log_format;
+        }
+        if let Some(cache_dir) = &self.cache_dir {
+            config.cache_dir = cache_dir.clone();
+        }
+        config.reuse_port |= self.reuse_port;
+        Ok(config)
     }
 }
 

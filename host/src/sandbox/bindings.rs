@@ -21,3 +21,23 @@ wasmtime::component::bindgen!({
         "portico:plugin/hibernation": crate::capabilities::hibernation::bindings::portico::plugin::hibernation,
     },
 });
+
+/// The contract's version, as the package line of `handler.wit` gives it:
+/// what a plugin built today is built against.
+pub fn contract_version() -> &'static str {
+    const HANDLER_WIT: &str = include_str!("../../../guest-sdk/wit/handler.wit");
+    HANDLER_WIT
+        .lines()
+        .find_map(|line| line.strip_prefix("package portico:plugin@"))
+        .map(|version| version.trim_end_matches(';'))
+        .expect("handler.wit names its package and version")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_contract_version_is_read_from_the_contract() {
+        let version = super::contract_version();
+        assert!(version.starts_with("0.") && version.len() >= 5, "{version}");
+    }
+}

@@ -223,6 +223,9 @@ impl Sandbox {
 
         let mut served = Served::new(outcome);
         served.instantiation = instantiation;
+        if matches!(served.outcome, Outcome::Trapped(_)) {
+            served.uncaught_exception = conn.store.data().uncaught_exception();
+        }
         if matches!(served.outcome, Outcome::Finished | Outcome::Failed(_))
             && let Ok(output) = conn.store.data_mut().table().get_mut(&conn.output)
         {
@@ -342,6 +345,9 @@ pub struct Served {
     /// What the connection keeps, if the plugin finished asking to
     /// hibernate and everything it wrote was sent.
     pub hibernation: Option<Hibernation>,
+    /// For a trap, the exception the plugin's language runtime reported it
+    /// did not catch (the language, and the exception), if it did.
+    pub uncaught_exception: Option<(&'static str, String)>,
 }
 
 impl Served {
@@ -351,6 +357,7 @@ impl Served {
             unsent: 0,
             instantiation: None,
             hibernation: None,
+            uncaught_exception: None,
         }
     }
 }

@@ -128,7 +128,10 @@ impl Plugin {
 /// Refuses a file that is no component, saying what to do about it.
 fn check_kind_of_file(name: &impl std::fmt::Display, bytes: &[u8]) -> Result<()> {
     if !bytes.starts_with(WASM_MAGIC) {
-        bail!("plugin {name} is not a WebAssembly file");
+        bail!(
+            "plugin {name} is not a WebAssembly file: {}",
+            what_it_is(bytes)
+        );
     }
     if bytes.get(4..8) == Some(CORE_MODULE_VERSION) {
         bail!(
@@ -141,6 +144,41 @@ fn check_kind_of_file(name: &impl std::fmt::Display, bytes: &[u8]) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// What a file that is not WebAssembly seems to be, and what to do.
+fn what_it_is(bytes: &[u8]) -> &'static str {
+    const NATIVE: &[&[u8]] = &[
+        b"\x7fELF",          // Linux and most Unixes
+        b"\xcf\xfa\xed\xfe", // macOS, 64-bit
+        b"\xce\xfa\xed\xfe", // macOS, 32-bit
+        b"\xca\xfe\xba\xbe", // macOS, universal
+        b"MZ",               // Windows
+    ];
+    let start = &bytes[..bytes.len().min(1024)];
+    if bytes.is_empty() {
+        "it is empty"
+    } else if NATIVE.iter().any(|magic| bytes.starts_with(magic)) {
+        "it is a native library or program. Build the plugin for WebAssembly: \
+         `cargo build --release --target wasm32-wasip2` in Rust, or the build.sh of a \
+         project `host new` wrote"
+    } else if is_text(start) {
+        "it is text, a source file perhaps. Build it first: `host new --lang LANG NAME` \
+         writes a project whose build.sh makes NAME.wasm (LANG: rust, python, javascript, \
+         c, go or command)"
+    } else {
+        "it does not start with WebAssembly's magic bytes (\\0asm)"
+    }
+}
+
+/// Whether `start`, the first bytes of a file, reads as UTF-8 text (cut
+/// perhaps in the middle of a character).
+fn is_text(start: &[u8]) -> bool {
+    !start.contains(&0)
+        && match std::str::from_utf8(start) {
+            Ok(_) => true,
+            Err(error) => error.error_len().is_none(),
+        }
 }
 
 /// The compiled component, from `cache` when it holds it; its file's
@@ -197,8 +235,20 @@ fn link(
         ))
     })?;
     Ok(match kind {
-        Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).with_context(|| {
-            format!("plugin {name} does not match the portico:plugin/handler world")
+        Kind::Handler => Entry::Handler(HandlerPre::new(instance_pre).map_err(|error| {
+            let built_against = match contract_of(engine, component) {
+                Some(version) => format!("it was built against portico:plugin@{version}"),
+                None => "it names no contract version (it imports nothing from \
+                         portico:plugin)"
+                    .into(),
+            };
+            error.context(format!(
+                "plugin {name} exports `run` with the wrong signature: the contract's is \
+                 `{RUN_SIGNATURE}` (guest-sdk/wit/handler.wit, portico:plugin@0.1.0 to \
+                 @{}); {built_against}. Rebuild it with its SDK, or start from a project \
+                 `host new` writes",
+                super::bindings::contract_version()
+            ))
         })?),
         Kind::Command => {
             Entry::Command(CommandPre::new(instance_pre).with_context(|| {
@@ -246,6 +296,22 @@ fn missing_import_hint(error: &str) -> String {
     format!(" (`{import}`; it provides {}){fix}", offered.join(", "))
 }
 
+/// The `run` a handler exports, as the contract writes it.
+const RUN_SIGNATURE: &str = "run: func(info: connection-info, input: borrow<input-stream>, \
+                             output: borrow<output-stream>) -> result<_, string>";
+
+/// The contract version `component` was built against, as the names of
+/// its `portico:plugin` imports give it.
+fn contract_of(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| {
+            let interface = name.strip_prefix("portico:plugin/")?;
+            Some(interface.split_once('@')?.1.to_string())
+        })
+}
+
 /// What a component exports to be entered by.
 enum Kind {
     Handler,
@@ -275,9 +341,8 @@ fn entry_kind(engine: &Engine, component: &Component) -> Result<Kind> {
         false => names.join(", "),
     };
     bail!(
-        "it exports {found}, but a plugin exports either `run: func(info: connection-info, \
-         input: borrow<input-stream>, output: borrow<output-stream>) -> result<_, string>` \
-         (the portico:plugin/handler world of guest-sdk/wit; in Rust, portico-guest-sdk's \
+        "it exports {found}, but a plugin exports either `{RUN_SIGNATURE}` (the \
+         portico:plugin/handler world of guest-sdk/wit; in Rust, portico-guest-sdk's \
          `export!`) or `wasi:cli/run@0.2.x` (a WASI command: a program with a `main`)"
     )
 }

@@ -68,6 +68,7 @@ struct State {
     dropped: u64,
     stdout: Line,
     stderr: Line,
+    exception: ExceptionWatch,
 }
 
 /// The unfinished line of one stream.
@@ -96,6 +97,7 @@ impl PluginLog {
                 dropped: 0,
                 stdout: Line::default(),
                 stderr: Line::default(),
+                exception: ExceptionWatch::default(),
             }),
         })
     }
@@ -156,21 +158,26 @@ impl PluginLog {
             state.window_start = Instant::now();
             state.logged = 0;
         }
+        let reports_exception = matches!(stream, Stream::Stderr) && state.exception.read(text);
         if state.logged < self.lines_per_second {
             state.logged += 1;
             let text = format!("{text}{marker}");
-            tracing::info!(
-                target: "plugin",
-                service = %self.service,
-                conn = self.conn,
-                stream = stream.name(),
-                "{}",
-                Untrusted(&text)
-            );
+            let (service, conn, stream) = (&*self.service, self.conn, stream.name());
+            if reports_exception {
+                tracing::warn!(target: "plugin", service, conn, stream, "{}", Untrusted(&text));
+            } else {
+                tracing::info!(target: "plugin", service, conn, stream, "{}", Untrusted(&text));
+            }
         } else {
             state.dropped += 1;
             crate::ops::counters::count(&self.counters.log_lines_dropped);
         }
+    }
+
+    /// The exception the plugin's runtime reported it did not catch, if it
+    /// did: the language, and the report's last line (its type and message).
+    pub fn uncaught_exception(&self) -> Option<(&'static str, String)> {
+        self.state().exception.uncaught.clone()
     }
 
     /// Logs how many lines were dropped, if any, and starts counting afresh.
@@ -186,6 +193,66 @@ impl PluginLog {
             );
             state.dropped = 0;
         }
+    }
+}
+
+/// Reads a plugin's stderr for the report of an exception its language's
+/// runtime did not catch, so that the `closed` line can say so: Python's
+/// traceback, which componentize-py prints before it aborts, and the
+/// `Uncaught ...` report of the JavaScript SDK (portico.js), after which
+/// componentize-js aborts, failing to make the exception `run`'s error.
+#[derive(Default)]
+struct ExceptionWatch {
+    /// The language whose report is being read, if one is.
+    reading: Option<&'static str>,
+    /// The last report's last line: the exception's type and message.
+    summary: Option<(&'static str, String)>,
+    /// The report the runtime then said it did not catch.
+    uncaught: Option<(&'static str, String)>,
+}
+
+/// What componentize-py prints once an exception has left `run`.
+const PYTHON_UNCAUGHT: &str = "Python function threw an unexpected exception";
+/// What componentize-js prints when `run` throws what cannot be its error.
+const JAVASCRIPT_UNCAUGHT: &str = "expected a string, received";
+
+impl ExceptionWatch {
+    /// Reads one line of stderr; whether it is part of an exception report.
+    fn read(&mut self, line: &str) -> bool {
+        if line == "Traceback (most recent call last):" {
+            (self.reading, self.summary) = (Some("Python"), None);
+            return true;
+        }
+        if let Some(exception) = line.strip_prefix("Uncaught ") {
+            self.reading = Some("JavaScript");
+            self.summary = Some(("JavaScript", exception.to_string()));
+            return true;
+        }
+        let indented = line.starts_with(' ');
+        match self.reading {
+            Some(_) if indented => return true,
+            Some("Python") => {
+                self.summary = Some(("Python", line.to_string()));
+                self.reading = None;
+                return true;
+            }
+            _ => self.reading = None,
+        }
+        let language = if line == PYTHON_UNCAUGHT {
+            "Python"
+        } else if line.starts_with(JAVASCRIPT_UNCAUGHT) {
+            "JavaScript"
+        } else {
+            return false;
+        };
+        self.uncaught = Some(self.summary.take().unwrap_or_else(|| {
+            let unknown = match language {
+                "Python" => "no traceback was printed",
+                _ => "a value that is not a string was thrown: throw a string, or use portico.js",
+            };
+            (language, unknown.to_string())
+        }));
+        true
     }
 }
 

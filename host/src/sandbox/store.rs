@@ -60,6 +60,8 @@ pub struct ConnState {
     hibernation: HibernationCtx,
     /// A command's stdout, which every handle it opens shares.
     stdout: Option<SharedOutput>,
+    /// Where its stdout and stderr go, line by line.
+    log: Arc<PluginLog>,
     memory: MemoryLimit,
 }
 
@@ -94,7 +96,7 @@ pub fn new_store(engine: &Engine, parts: StoreParts<'_>) -> Store<ConnState> {
         parts.counters.clone(),
     ));
     let grant = Arc::new(ConnOutbound::new(parts.outbound.cloned(), denials.clone()));
-    let (wasi, stdout) = wasi_ctx(&parts, grant.clone());
+    let (wasi, stdout, log) = wasi_ctx(&parts, grant.clone());
     let mut table = ResourceTable::new();
     table.set_max_capacity(MAX_RESOURCES);
     let state = ConnState {
@@ -118,6 +120,7 @@ pub fn new_store(engine: &Engine, parts: StoreParts<'_>) -> Store<ConnState> {
             parts.woken,
         ),
         stdout,
+        log,
         memory: MemoryLimit {
             service: parts.service.clone(),
             conn: parts.conn,
@@ -138,7 +141,10 @@ pub fn new_store(engine: &Engine, parts: StoreParts<'_>) -> Store<ConnState> {
 
 /// The connection's WASI context, and a command's stdout: a command's
 /// stdio is the client's socket, a handler's stdout goes to the log.
-fn wasi_ctx(parts: &StoreParts<'_>, grant: Arc<ConnOutbound>) -> (WasiCtx, Option<SharedOutput>) {
+fn wasi_ctx(
+    parts: &StoreParts<'_>,
+    grant: Arc<ConnOutbound>,
+) -> (WasiCtx, Option<SharedOutput>, Arc<PluginLog>) {
     let log = PluginLog::new(
         parts.service.clone(),
         parts.conn,
@@ -173,7 +179,7 @@ fn wasi_ctx(parts: &StoreParts<'_>, grant: Arc<ConnOutbound>) -> (WasiCtx, Optio
         })
         .max_random_size(MAX_RANDOM_BYTES)
         .build();
-    (wasi, stdout)
+    (wasi, stdout, log)
 }
 
 /// Links everything a plugin may import: WASI 0.2 from wasmtime-wasi, then
@@ -218,6 +224,12 @@ impl ConnState {
     /// A command's stdout, which every handle it opens shares.
     pub fn stdout(&self) -> Option<&SharedOutput> {
         self.stdout.as_ref()
+    }
+
+    /// The exception the plugin's language runtime reported it did not
+    /// catch, if it did: the language, and the exception.
+    pub fn uncaught_exception(&self) -> Option<(&'static str, String)> {
+        self.log.uncaught_exception()
     }
 
     /// What the connection keeps if its instance asked to hibernate: the

@@ -161,16 +161,28 @@ fn log_outcome(
                 error = %Untrusted(&message), "closed"
             )
         }
-        Outcome::Trapped(error) => {
-            count(&counters.traps);
-            let (cause, backtrace) = trap_cause(&error);
-            warn!(
-                target: "portico_host::server",
-                service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                error = %Untrusted(&cause),
-                wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
-            )
-        }
+        Outcome::Trapped(error) => match served.uncaught_exception {
+            // The traceback is in the log above, at WARN; the wasm
+            // backtrace would show only the language runtime's frames.
+            Some((language, exception)) => {
+                count(&counters.traps);
+                warn!(
+                    target: "portico_host::server",
+                    service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+                    cause = %format_args!("uncaught {language} exception"),
+                    exception = %Untrusted(&exception),
+                    error = %Untrusted(&error.root_cause().to_string()), "closed"
+                )
+            }
+            None => log_trap(
+                service,
+                counters,
+                id,
+                elapsed_ms,
+                (bytes_in, bytes_out),
+                &error,
+            ),
+        },
         Outcome::Stopped(reason) => {
             let (counter, why) = stop_counter(counters, reason);
             count(counter);
@@ -187,6 +199,25 @@ fn log_outcome(
             )
         }
     }
+}
+
+/// Logs the `closed` line of a connection whose plugin trapped.
+fn log_trap(
+    service: &str,
+    counters: &Counters,
+    id: u64,
+    elapsed_ms: u64,
+    (bytes_in, bytes_out): (u64, u64),
+    error: &wasmtime::Error,
+) {
+    count(&counters.traps);
+    let (cause, backtrace) = trap_cause(error);
+    warn!(
+        target: "portico_host::server",
+        service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+        error = %Untrusted(&cause),
+        wasm_backtrace = %Untrusted(backtrace.trim_end()), "closed"
+    )
 }
 
 /// A trap's root cause and its wasm backtrace (empty if it has none). The

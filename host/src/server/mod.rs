@@ -57,7 +57,7 @@ use tracing::{info, warn};
 
 use crate::capabilities::keyvalue::Bucket;
 use crate::capabilities::messaging::Broker;
-use crate::config::Config;
+use crate::config::{Config, ProcessOverrides};
 use crate::ops::admin;
 use crate::ops::counters::Counters;
 use crate::ops::{metrics, signals};
@@ -71,8 +71,9 @@ pub enum Source {
     /// `host --plugin ...`: the flags, which a reload keeps; only the
     /// plugin file is read again.
     Flags,
-    /// `host --config-file PATH`: the file, read again on every reload.
-    File(PathBuf),
+    /// `host --config-file PATH`: the file, read again on every reload,
+    /// and the process-wide flags given beside it, which win over it.
+    File(PathBuf, ProcessOverrides),
 }
 
 /// The running host: its services, their listeners, and what every

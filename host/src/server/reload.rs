@@ -41,7 +41,9 @@ impl Host {
     pub async fn reload(self: &Arc<Self>) -> Result<String> {
         info!(target: "portico_host::server", "reloading");
         let config = match &self.source {
-            Source::File(path) => Config::load(path),
+            Source::File(path, overrides) => {
+                Config::load(path).and_then(|config| overrides.apply(config))
+            }
             Source::Flags => self
                 .state
                 .lock()
@@ -232,7 +234,7 @@ impl Host {
     fn in_service(&self, error: anyhow::Error, service: &str) -> anyhow::Error {
         match self.source {
             Source::Flags => error,
-            Source::File(_) => error.context(format!("service {service}")),
+            Source::File(..) => error.context(format!("service {service}")),
         }
     }
 }
