@@ -36,6 +36,12 @@ mod keyvalue;
 mod languages;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
+/// `host new`: a project in every language, built outside the repository
+/// with its own build.sh, and served.
+mod new;
+/// The README's commands, and those of every project `host new` writes,
+/// run as written.
+mod readme;
 /// Messages between connections: the chat plugin's rooms, the grant, and
 /// two hosts on one NATS server.
 mod messaging;

@@ -885,3 +885,39 @@ fn without_a_token_reload_is_local_only() {
         200
     );
 }
+
+/// The process-wide flags combine with a config file, the flag winning:
+/// `--admin` serves the admin endpoint of a file that has none, and
+/// `--log-format json` wins over the file's `text`; both hold after a
+/// reload.
+#[test]
+fn process_flags_win_over_the_config_file() {
+    let scratch = Scratch::new("flags-over-file");
+    let config = scratch.config(
+        r#"
+        log-format = "text"
+        [services.echo]
+        plugin = "{echo}"
+        listen = ["127.0.0.1:0"]
+        "#,
+    );
+    let host = Host::start_config(
+        &config,
+        &["--admin", "127.0.0.1:0", "--log-format", "json"],
+        1,
+        true,
+    );
+    let mut stream = connect(host.addr);
+    stream.write_all(b"ping\n").unwrap();
+    assert_eq!(read_line(&mut stream), "ping\n");
+    drop(stream);
+    host.wait_for_log(&[r#""message":"closed""#, r#""service":"echo""#]);
+    assert_eq!(post(&host.admin_url("/reload")).0, 200);
+    host.wait_for_log(&[r#""message":"reloaded: "#]);
+    let (status, metrics) = get(&host.admin_url("/metrics"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&metrics, r#"portico_connections_total{service="echo"}"#),
+        1.0
+    );
+}

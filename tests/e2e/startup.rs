@@ -73,10 +73,80 @@ fn missing_plugin_file() {
     );
 }
 
+/// A source file given as the plugin is told to build it first, and how.
 #[test]
-fn plugin_that_is_not_wasm() {
-    let file = Scratch::new("text.wasm", b"#!/bin/sh\necho hello\n");
-    refuse_plugin(&file.0, &["is not a WebAssembly file"]);
+fn plugin_that_is_a_source_file() {
+    let file = Scratch::new("app.py", b"import portico\n\ndef run(conn):\n    pass\n");
+    refuse_plugin(
+        &file.0,
+        &[
+            "is not a WebAssembly file",
+            "it is text, a source file perhaps. Build it first",
+            "`host new --lang LANG NAME`",
+        ],
+    );
+}
+
+/// A native library or program (here, the host itself) is told to build
+/// for WebAssembly.
+#[test]
+fn plugin_that_is_a_native_program() {
+    refuse_plugin(
+        Path::new(env!("CARGO_BIN_EXE_host")),
+        &[
+            "is not a WebAssembly file",
+            "native library or program",
+            "--target wasm32-wasip2",
+        ],
+    );
+}
+
+/// A `run` of another shape than the contract's: the message gives the
+/// contract's signature and the contract the plugin was built against.
+#[test]
+fn plugin_whose_run_has_the_wrong_shape() {
+    let wit = "package portico:plugin@0.2.0;
+        interface types { record connection-info { id: u64 } }
+        world handler {
+            use types.{connection-info};
+            export run: func(info: connection-info) -> result<_, string>;
+        }";
+    let wat = r#"(module
+        (memory (export "memory") 1)
+        (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+        (func (export "run") (param i64) (result i32) (i32.const 0)))"#;
+    let file = Scratch::new("wrong-run.wasm", &component_from(wit, wat));
+    refuse_plugin(
+        &file.0,
+        &[
+            "exports `run` with the wrong signature",
+            "the contract's is `run: func(info: connection-info, input: borrow<input-stream>, \
+             output: borrow<output-stream>) -> result<_, string>`",
+            "it was built against portico:plugin@0.2.0",
+            "host new",
+        ],
+    );
+}
+
+/// The component `wit-component` makes of the module `wat` for the world
+/// `handler` of `wit`.
+fn component_from(wit: &str, wat: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(wat).unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("wrong.wit", wit).unwrap();
+    let world = resolve.select_world(&[package], Some("handler")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .encode()
+        .unwrap()
 }
 
 #[test]
@@ -211,8 +281,11 @@ fn bad_front_door_flags() {
 }
 
 #[test]
-fn bad_config_flag() {
-    assert_flag_refused(&["--config", "no-equals-sign"], &["--config", "KEY=VALUE"]);
+fn bad_setting_flag() {
+    // --config is --setting's old name, kept as an alias.
+    for flag in ["--setting", "--config"] {
+        assert_flag_refused(&[flag, "no-equals-sign"], &["--setting", "KEY=VALUE"]);
+    }
 }
 
 /// A port another process holds is one error line naming the address.

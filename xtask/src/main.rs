@@ -594,6 +594,8 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("valgrind", "valgrind"),
     // The soak (bench/tests/soak.rs).
     ("wrk", "wrk"),
+    // The README's `nc 127.0.0.1 9000` (tests/e2e/readme.rs).
+    ("nc", "netcat-openbsd"),
 ];
 
 /// Installs the test programs not on PATH: Debian's packages with apt-get,
