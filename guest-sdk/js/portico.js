@@ -61,8 +61,11 @@ export function handler(serve) {
         throw error.message;
       }
       if (typeof error !== 'string') {
-        // A crash: the bindings would only say it is not a string.
-        console.error(`${error}\n${error?.stack ?? ''}`);
+        // A crash: the bindings would only say it is not a string. The
+        // host reads `Uncaught ...` and its indented stack as the report
+        // of an uncaught exception, and names it on the `closed` line.
+        const stack = (error?.stack ?? '').trimEnd().split('\n').filter((frame) => frame);
+        console.error([`Uncaught ${error}`, ...stack.map((frame) => `  ${frame}`)].join('\n'));
       }
       throw error;
     }

@@ -105,6 +105,19 @@ fn every_greeter_reads_its_settings() {
         if let Some(printed) = printed {
             host.wait_for_log(&[printed, "conn=3", "stream=\"stderr\""]);
         }
+        // An exception that left `run` in Python or JavaScript: the
+        // `closed` line names it, and the report is logged at WARN.
+        let uncaught = match plugin {
+            "py-greeter" => Some(("Python", "RuntimeError: the client asked to crash")),
+            "js-greeter" => Some(("JavaScript", "TypeError: can't access property")),
+            _ => None,
+        };
+        if let Some((language, exception)) = uncaught {
+            let cause = format!("cause=\"uncaught {language} exception\"");
+            let exception = format!("exception=\"{exception}");
+            host.wait_for_log(&["closed", "conn=3", "outcome=\"trap\"", &cause, &exception]);
+            host.wait_for_log(&["WARN", "plugin:", &exception[11..], "conn=3"]);
+        }
 
         if matches!(plugin, "greeter" | "py-greeter" | "js-greeter") {
             let mut last = host.connect();

@@ -36,20 +36,20 @@ mod keyvalue;
 mod languages;
 /// Limits, admission control and graceful drain.
 mod lifecycle;
-/// `host new`: a project in every language, built outside the repository
-/// with its own build.sh, and served.
-mod new;
-/// The README's commands, and those of every project `host new` writes,
-/// run as written.
-mod readme;
 /// Messages between connections: the chat plugin's rooms, the grant, and
 /// two hosts on one NATS server.
 mod messaging;
+/// `host new`: a project in every language, built outside the repository
+/// with its own build.sh, and served.
+mod new;
 /// Outbound TCP: the tcp-proxy in front of a real Redis, and the grant.
 mod outbound;
 /// The PROXY protocol: two hosts behind a real HAProxy, refused headers,
 /// the header before TLS.
 mod proxy;
+/// The README's commands, and those of every project `host new` writes,
+/// run as written.
+mod readme;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
 /// Several services from a config file, the admin endpoint, reload, the

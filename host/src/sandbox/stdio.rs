@@ -361,3 +361,65 @@ impl AsyncWrite for LogWriter {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ExceptionWatch;
+
+    fn read_all(lines: &[&str]) -> (Vec<bool>, Option<(&'static str, String)>) {
+        let mut watch = ExceptionWatch::default();
+        let reported = lines.iter().map(|line| watch.read(line)).collect();
+        (reported, watch.uncaught)
+    }
+
+    /// componentize-py's report of a chained exception: the last
+    /// traceback's exception is the one that left `run`.
+    #[test]
+    fn a_python_traceback_names_its_last_exception() {
+        let (reported, uncaught) = read_all(&[
+            "Traceback (most recent call last):",
+            "  File \"/0/app.py\", line 3, in run",
+            "KeyError: 'x'",
+            "During handling of the above exception, another exception occurred:",
+            "Traceback (most recent call last):",
+            "  File \"/0/app.py\", line 5, in run",
+            "ValueError: bad",
+            "thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:",
+            "Python function threw an unexpected exception",
+        ]);
+        assert_eq!(uncaught, Some(("Python", "ValueError: bad".into())));
+        assert_eq!(
+            reported,
+            [true, true, true, false, true, true, true, false, true]
+        );
+    }
+
+    /// portico.js's report, then componentize-js's words.
+    #[test]
+    fn a_javascript_report_names_its_exception() {
+        let (_, uncaught) = read_all(&[
+            "Uncaught TypeError: x is undefined",
+            "  run@app.js:3:5",
+            "expected a string, received [object]",
+        ]);
+        assert_eq!(
+            uncaught,
+            Some(("JavaScript", "TypeError: x is undefined".into()))
+        );
+        let (_, uncaught) = read_all(&["expected a string, received [object]"]);
+        assert!(uncaught.is_some_and(|(_, text)| text.contains("use portico.js")));
+    }
+
+    /// A traceback the plugin printed and went on (a caught exception) is
+    /// no uncaught one.
+    #[test]
+    fn a_printed_traceback_alone_is_not_uncaught() {
+        let (_, uncaught) = read_all(&[
+            "Traceback (most recent call last):",
+            "  File \"/0/app.py\", line 3, in run",
+            "KeyError: 'x'",
+            "handled it",
+        ]);
+        assert_eq!(uncaught, None);
+    }
+}

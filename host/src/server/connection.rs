@@ -166,10 +166,11 @@ fn log_outcome(
             // backtrace would show only the language runtime's frames.
             Some((language, exception)) => {
                 count(&counters.traps);
+                let cause = format!("uncaught {language} exception");
                 warn!(
                     target: "portico_host::server",
                     service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                    cause = %format_args!("uncaught {language} exception"),
+                    cause = cause.as_str(),
                     exception = %Untrusted(&exception),
                     error = %Untrusted(&error.root_cause().to_string()), "closed"
                 )
