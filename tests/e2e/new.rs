@@ -88,7 +88,7 @@ fn every_language_s_new_project_builds_and_echoes() {
             let _fixed_ports = FIXED_PORTS
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut shell = Shell::new(&outside.0);
+            let mut shell = Shell::new(&outside.0, true);
             shell.cwd = project.clone();
             shell.run_readme(&readme);
         }

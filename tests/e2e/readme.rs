@@ -87,13 +87,18 @@ impl Drop for Serving {
 
 impl Shell {
     /// A shell in `cwd` that finds `host` on PATH (as a template's README
-    /// writes it) as the binary under test.
-    pub fn new(cwd: &Path) -> Shell {
+    /// writes it) as the binary under test, and the toolchains `cargo xtask
+    /// test` installed if `with_tools` (else the README must say how).
+    pub fn new(cwd: &Path, with_tools: bool) -> Shell {
         let bin = cwd.join(".bin");
         std::fs::create_dir_all(&bin).unwrap();
         let _ = std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_host"), bin.join("host"));
         let mut dirs = vec![bin];
-        dirs.extend(std::env::split_paths(&tool_path()));
+        let path = match with_tools {
+            true => tool_path(),
+            false => std::env::var_os("PATH").unwrap_or_default(),
+        };
+        dirs.extend(std::env::split_paths(&path));
         Shell {
             cwd: cwd.to_path_buf(),
             path: std::env::join_paths(dirs).unwrap(),
@@ -127,6 +132,12 @@ impl Shell {
             .any(|installer| line.starts_with(installer))
         {
             assert_pinned(line);
+        } else if line.starts_with("export PATH=") {
+            let output = run_in(
+                &self.cwd,
+                &mut self.sh(&format!("{line} && printf %s \"$PATH\"")),
+            );
+            self.path = OsString::from(String::from_utf8(output.stdout).unwrap());
         } else if let Some(addr) = line.strip_prefix("nc ") {
             self.type_into_nc(line, addr);
         } else if is_host_serving(line) {
@@ -272,7 +283,8 @@ fn assert_pinned(line: &str) {
 /// The README's commands, run as written from a folder laid out as a
 /// checkout: `target/release/host` is the host these tests run (built
 /// in the test profile from the same source), `target/wasm32-wasip2` and
-/// `plugins/` are this checkout's.
+/// `plugins/` are this checkout's, and so are the toolchains under
+/// `target/toolchains`, which the README puts on PATH itself.
 #[test]
 fn the_readme_s_commands_run_as_written() {
     let _fixed_ports = FIXED_PORTS
@@ -296,10 +308,12 @@ fn the_readme_s_commands_run_as_written() {
         &target.join("wasm32-wasip2"),
     );
     link(&root.join("plugins"), &checkout.0.join("plugins"));
+    let toolchains = std::env::var_os("PORTICO_TOOL_PATH").expect("run by cargo xtask test");
+    link(Path::new(&toolchains).parent().unwrap(), &target.join("toolchains"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(
         sh_lines(&readme).len() > 10,
         "the README's commands were not found"
     );
-    Shell::new(&checkout.0).run_readme(&readme);
+    Shell::new(&checkout.0, false).run_readme(&readme);
 }

@@ -24,7 +24,6 @@
 mod fuzz;
 mod soak;
 
-use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -51,10 +50,7 @@ fn main() -> ExitCode {
         "test" => install_test_programs()
             .and_then(|()| build_plugins(Languages::All))
             .and_then(|dir| Ok((dir, build_poco_echo()?)))
-            .and_then(|(dir, poco)| {
-                let tools = Toolchains::install(&workspace_root())?.path()?;
-                run_tests(&dir, &poco, &tools, rest)
-            }),
+            .and_then(|(dir, poco)| run_tests(&dir, &poco, rest)),
         "bench" => install_test_programs()
             .and_then(|()| build_plugins(Languages::All))
             .and_then(|dir| Ok((dir, build_poco_echo()?)))
@@ -117,7 +113,9 @@ fn build_plugins(languages: Languages) -> Result<PathBuf> {
     run(&mut build)?;
     let out = target_dir(&root).join(PLUGIN_TARGET).join("release");
     if languages == Languages::All {
-        build_foreign_plugins(&root, &out, &Toolchains::install(&root)?)?;
+        let tools = Toolchains::install(&root)?;
+        tools.link_into_bin(&root)?;
+        build_foreign_plugins(&root, &out, &tools)?;
     }
     Ok(out)
 }
@@ -172,18 +170,30 @@ impl Toolchains {
         })
     }
 
-    /// The folders holding the commands, as `PATH` lists them: what the
-    /// build.sh of a project written by `host new` runs.
-    fn path(&self) -> Result<OsString> {
-        let commands = [
+    /// Links every command into one folder, `target/toolchains/bin`: what the build.sh of a project `host new` writes runs,
+    /// with that folder first on PATH (the README says so, and the tests
+    /// do so).
+    fn link_into_bin(&self, root: &Path) -> Result<()> {
+        let bin = toolchains_bin(root);
+        std::fs::create_dir_all(&bin)?;
+        for command in [
             &self.componentize_py,
             &self.componentize_js,
             &self.wasm_tools,
             &self.go,
-        ];
-        let folders = commands.map(|command| command.parent().expect("a command has a folder"));
-        Ok(std::env::join_paths(folders)?)
+        ] {
+            let link = bin.join(command.file_name().context("a command has a name")?);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(command, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+        Ok(())
     }
+}
+
+/// The folder of [`Toolchains::link_into_bin`].
+fn toolchains_bin(root: &Path) -> PathBuf {
+    target_dir(root).join("toolchains").join("bin")
 }
 
 /// A plugin in another language than Rust, in a folder of its own.
@@ -693,19 +703,15 @@ fn build_poco_echo() -> Result<PathBuf> {
 }
 
 /// Runs every test, telling them where the plugins, the benchmark's
-/// baseline and the plugin toolchains' commands (`PORTICO_TOOL_PATH`, as
-/// `PATH` lists folders) are.
-fn run_tests(
-    plugin_dir: &Path,
-    poco_echo: &Path,
-    tool_path: &OsStr,
-    test_args: &[String],
-) -> Result<()> {
+/// baseline and the plugin toolchains' commands (`PORTICO_TOOL_PATH`, a
+/// folder) are.
+fn run_tests(plugin_dir: &Path, poco_echo: &Path, test_args: &[String]) -> Result<()> {
+    let root = workspace_root();
     run(Command::new(cargo())
-        .current_dir(workspace_root())
+        .current_dir(&root)
         .env("PORTICO_PLUGIN_DIR", plugin_dir)
         .env("PORTICO_POCO_ECHO", poco_echo)
-        .env("PORTICO_TOOL_PATH", tool_path)
+        .env("PORTICO_TOOL_PATH", toolchains_bin(&root))
         .args(["test", "--workspace"])
         .args(test_args))
 }
