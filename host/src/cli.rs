@@ -188,9 +188,10 @@ pub struct LimitFlags {
     pub max_lifetime: Option<humantime::Duration>,
 
     /// On SIGINT or SIGTERM, how long live connections may take to finish
-    /// before they are stopped. A second signal stops them at once.
-    #[arg(long, value_name = "DURATION", default_value_t = DRAIN_TIMEOUT.default.into(), value_parser = duration_parser(DRAIN_TIMEOUT.bounds), conflicts_with = "config_file")]
-    pub drain_timeout: humantime::Duration,
+    /// before they are stopped (default 30s). A second signal stops them at
+    /// once. Beside --config-file, wins over its `drain-timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = duration_parser(DRAIN_TIMEOUT.bounds))]
+    pub drain_timeout: Option<humantime::Duration>,
 
     /// Lines per second one connection's plugin may write to stdout and
     /// stderr together; the rest are dropped and counted in the log.
@@ -324,7 +325,10 @@ impl Args {
     /// from (for reloads).
     pub fn config(&self) -> Result<(Config, Source)> {
         if let Some(path) = &self.config_file {
-            let overrides = self.process.overrides();
+            let overrides = ProcessOverrides {
+                drain_timeout: self.limits.drain_timeout.map(Into::into),
+                ..self.process.overrides()
+            };
             let config = overrides.apply(Config::load(path)?)?;
             return Ok((config, Source::File(path.clone(), overrides)));
         }
@@ -371,6 +375,7 @@ impl ProcessFlags {
                 (None, false) => None,
             },
             reuse_port: self.reuse_port,
+            drain_timeout: None,
         }
     }
 }
@@ -386,7 +391,9 @@ impl LimitFlags {
             idle_timeout: *self.idle_timeout,
             max_lifetime: self.max_lifetime.map(Into::into),
             log_lines_per_second: self.log_lines_per_second,
-            drain_timeout: *self.drain_timeout,
+            drain_timeout: self
+                .drain_timeout
+                .map_or(DRAIN_TIMEOUT.default, Into::into),
             max_outbound_sockets: self.max_outbound_sockets,
             max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
             connect_timeout: *self.connect_timeout,

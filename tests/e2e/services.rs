@@ -888,14 +888,15 @@ fn without_a_token_reload_is_local_only() {
 
 /// The process-wide flags combine with a config file, the flag winning:
 /// `--admin` serves the admin endpoint of a file that has none, and
-/// `--log-format json` wins over the file's `text`; both hold after a
-/// reload.
+/// `--log-format json` and `--drain-timeout` win over the file's keys;
+/// they hold after a reload.
 #[test]
 fn process_flags_win_over_the_config_file() {
     let scratch = Scratch::new("flags-over-file");
     let config = scratch.config(
         r#"
         log-format = "text"
+        drain-timeout = "20s"
         [services.echo]
         plugin = "{echo}"
         listen = ["127.0.0.1:0"]
@@ -903,7 +904,14 @@ fn process_flags_win_over_the_config_file() {
     );
     let host = Host::start_config(
         &config,
-        &["--admin", "127.0.0.1:0", "--log-format", "json"],
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--drain-timeout",
+            "2s",
+        ],
         1,
         true,
     );
@@ -920,4 +928,6 @@ fn process_flags_win_over_the_config_file() {
         metric(&metrics, r#"portico_connections_total{service="echo"}"#),
         1.0
     );
+    host.signal(libc::SIGTERM);
+    host.wait_for_log(&["draining for up to 2s"]);
 }

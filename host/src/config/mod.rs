@@ -169,6 +169,7 @@ pub struct ProcessOverrides {
     pub cache_dir: Option<Option<PathBuf>>,
     /// `--reuse-port`; without it, the file's `reuse-port` holds.
     pub reuse_port: bool,
+    pub drain_timeout: Option<Duration>,
 }
 
 impl ProcessOverrides {
@@ -190,6 +191,9 @@ impl ProcessOverrides {
             config.cache_dir = cache_dir.clone();
         }
         config.reuse_port |= self.reuse_port;
+        if let Some(drain_timeout) = self.drain_timeout {
+            config.drain_timeout = drain_timeout;
+        }
         Ok(config)
     }
 }
