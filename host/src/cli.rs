@@ -7,8 +7,9 @@
 //! config file's do; a value out of bounds is refused while the flags are
 //! parsed, with the same words the file's checks use.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args as FlagGroup, Parser};
@@ -21,9 +22,12 @@ use crate::config::defaults::{
     self, CONNECT_TIMEOUT, CPU_BUDGET, CPU_REFILL, DRAIN_TIMEOUT, DurationBounds,
     HIBERNATED_IDLE_TIMEOUT, IDLE_TIMEOUT, LOG_LINES_PER_SECOND, MAX_CONNECTIONS, MAX_HIBERNATED,
     MAX_HIBERNATION_STATE, MAX_LIFETIME, MAX_MEMORY, MAX_OUTBOUND_SOCKETS,
-    MAX_OUTBOUND_SOCKETS_PER_SERVICE, MAX_QUEUED, TLS_HANDSHAKE_TIMEOUT,
+    MAX_OUTBOUND_SOCKETS_PER_SERVICE, MAX_QUEUED, REGISTRY_MAX_SIZE, REGISTRY_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
 };
-use crate::config::{self, Config, Limits, LogFormat, PeerFilter, ProcessOverrides};
+use crate::config::{
+    self, Config, Limits, LogFormat, PeerFilter, PluginSource, ProcessOverrides, RegistryOverrides,
+};
 use crate::net::proxy_protocol::ProxySpec;
 use crate::net::tls::{CertificateFiles, TlsSpec};
 use crate::scaffold::Language;
@@ -47,9 +51,11 @@ pub struct Args {
 
     /// The plugin: a WebAssembly component built against the
     /// `portico:plugin/handler` world (for Rust, with the portico-guest-sdk
-    /// crate and `--target wasm32-wasip2`).
+    /// crate and `--target wasm32-wasip2`); a file, or a wasm artifact in
+    /// an OCI registry: `oci://HOST[:PORT]/NAME:TAG` or
+    /// `oci://HOST[:PORT]/NAME@sha256:DIGEST`.
     #[arg(long, value_name = "PATH")]
-    pub plugin: Option<PathBuf>,
+    pub plugin: Option<PluginSource>,
 
     /// Serve the services of this config file (TOML; see the README)
     /// instead of one plugin from the flags.
@@ -132,6 +138,49 @@ pub struct ProcessFlags {
     /// over them. In a config file, `reuse-port = true`.
     #[arg(long)]
     pub reuse_port: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+}
+
+/// How plugins named `oci://...` are pulled. Beside `--config-file`, each
+/// wins over the file's `[registry]` key.
+#[derive(Debug, FlagGroup)]
+pub struct RegistryFlags {
+    /// Let the registry HOST[:PORT] speak plain HTTP (repeatable). Without
+    /// it, only a registry on a loopback address may; any other needs TLS.
+    /// In a config file, `[registry] insecure`.
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = config::parse_registry_host)]
+    pub insecure_registry: Vec<String>,
+
+    /// How long one pull from a registry may take (default 30s); then the
+    /// start fails, or a reload keeps the plugin in force. In a config
+    /// file, `[registry] timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = duration_parser(REGISTRY_TIMEOUT.bounds))]
+    pub registry_timeout: Option<humantime::Duration>,
+
+    /// The largest plugin a registry may send, in MiB (default 256). In a
+    /// config file, `[registry] max-size`.
+    #[arg(long, value_name = "MIB", value_parser = REGISTRY_MAX_SIZE.bounds.parser())]
+    pub registry_max_size: Option<u32>,
+
+    /// Registry credentials, in Docker's config.json format (`auths`).
+    /// Default: $DOCKER_CONFIG/config.json or ~/.docker/config.json, if
+    /// there is one; else pulls are anonymous. In a config file,
+    /// `[registry] auth-file`.
+    #[arg(long, value_name = "PATH")]
+    pub registry_auth_file: Option<PathBuf>,
+}
+
+impl RegistryFlags {
+    fn overrides(&self) -> RegistryOverrides {
+        RegistryOverrides {
+            insecure: self.insecure_registry.clone(),
+            timeout: self.registry_timeout.map(Into::into),
+            max_size: self.registry_max_size.map(|mib| u64::from(mib) << 20),
+            auth_file: self.registry_auth_file.clone(),
+        }
+    }
 }
 
 /// Where the one service listens and what its plugin reads.
@@ -322,15 +371,16 @@ pub struct FrontDoorFlags {
 
 impl Args {
     /// What the flags ask the host to serve, checked, and where it comes
-    /// from (for reloads).
-    pub fn config(&self) -> Result<(Config, Source)> {
+    /// from (for reloads); `sockets` are those systemd passed, by name.
+    pub fn config(&self, sockets: BTreeMap<String, Vec<SocketAddr>>) -> Result<(Config, Source)> {
+        let overrides = ProcessOverrides {
+            drain_timeout: self.limits.drain_timeout.map(Into::into),
+            sockets,
+            ..self.process.overrides()
+        };
         if let Some(path) = &self.config_file {
-            let overrides = ProcessOverrides {
-                drain_timeout: self.limits.drain_timeout.map(Into::into),
-                ..self.process.overrides()
-            };
             let config = overrides.apply(Config::load(path)?)?;
-            return Ok((config, Source::File(path.clone(), overrides)));
+            return Ok((config, Source::File(path.clone(), Box::new(overrides))));
         }
         let Some(plugin) = &self.plugin else {
             bail!("give --plugin PATH or --config-file PATH");
@@ -357,8 +407,9 @@ impl Args {
                 proxy_protocol: self.front_door.proxy_protocol(),
             }],
             messaging: Default::default(),
+            registry: Default::default(),
         };
-        Ok((self.process.overrides().apply(config)?, Source::Flags))
+        Ok((overrides.apply(config)?, Source::Flags))
     }
 }
 
@@ -376,6 +427,8 @@ impl ProcessFlags {
             },
             reuse_port: self.reuse_port,
             drain_timeout: None,
+            registry: Box::new(self.registry.overrides()),
+            sockets: BTreeMap::new(),
         }
     }
 }
@@ -391,9 +444,7 @@ impl LimitFlags {
             idle_timeout: *self.idle_timeout,
             max_lifetime: self.max_lifetime.map(Into::into),
             log_lines_per_second: self.log_lines_per_second,
-            drain_timeout: self
-                .drain_timeout
-                .map_or(DRAIN_TIMEOUT.default, Into::into),
+            drain_timeout: self.drain_timeout.map_or(DRAIN_TIMEOUT.default, Into::into),
             max_outbound_sockets: self.max_outbound_sockets,
             max_outbound_sockets_per_service: self.max_outbound_sockets_per_service,
             connect_timeout: *self.connect_timeout,
@@ -449,14 +500,14 @@ impl FrontDoorFlags {
 }
 
 /// The service's name in logs and metrics: the plugin file's name without
-/// `.wasm`, with anything but letters, digits and `-` made `_`.
-fn service_name(plugin: &Path) -> String {
-    plugin
-        .file_stem()
-        .map(|stem| {
-            stem.to_string_lossy()
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-        })
+/// `.wasm` (or the reference's repository's last part), with anything but
+/// letters, digits and `-` made `_`.
+fn service_name(plugin: &PluginSource) -> String {
+    let stem = match plugin {
+        PluginSource::File(path) => path.file_stem().map(|stem| stem.to_string_lossy()),
+        PluginSource::Registry(reference) => Some(reference.name().into()),
+    };
+    stem.map(|stem| stem.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"))
         .unwrap_or_else(|| "default".into())
 }
 
@@ -500,7 +551,7 @@ mod tests {
     #[test]
     fn flags_default_to_the_files_defaults() {
         let args = Args::try_parse_from(["host", "--plugin", "echo.wasm"]).unwrap();
-        let (config, _) = args.config().unwrap();
+        let (config, _) = args.config(BTreeMap::new()).unwrap();
         assert_eq!(config.services[0].limits, config::default_limits());
         assert_eq!(config.services[0].listen, [defaults::LISTEN]);
         assert_eq!(config.drain_timeout, DRAIN_TIMEOUT.default);

@@ -15,7 +15,8 @@
 //!   instances), reload, graceful drain, and one version of each service
 //!   ([`server::service`]).
 //! - [`sandbox`]: the engine and its instance pool, the plugin loaded once
-//!   ([`sandbox::plugin`], with its compile [`sandbox::cache`]), and per
+//!   ([`sandbox::plugin`], with its compile [`sandbox::cache`], read from
+//!   its file or pulled from an OCI registry by [`sandbox::registry`]), and per
 //!   connection a store with its own WASI context, capabilities and limits
 //!   in which `run` is called; the plugin's stdout and stderr as log lines
 //!   ([`sandbox::stdio`]); the contract's bindings ([`sandbox::bindings`]).

@@ -26,10 +26,13 @@ fn main() -> ExitCode {
     if let Some(portico_host::cli::Command::New(new)) = &args.command {
         return new_project(new);
     }
-    let started = args.config().and_then(|(config, source)| {
-        portico_host::init_logging(config.log_format);
-        portico_host::run(config, source)
-    });
+    let started = portico_host::net::inherited::from_predecessor()
+        .and_then(|()| portico_host::net::inherited::from_systemd())
+        .and_then(|sockets| args.config(sockets))
+        .and_then(|(config, source)| {
+            portico_host::init_logging(config.log_format);
+            portico_host::run(config, source)
+        });
     match started {
         Ok(code) => code,
         Err(error) => {

@@ -2,12 +2,14 @@ use std::path::Path;
 use std::process::Command;
 
 /// The Kubernetes manifests pass `kubernetes-validate --strict` offline,
-/// and their shutdown timing outlasts the drain (`deploy/check`).
+/// and their shutdown timing outlasts the drain; the systemd units pass
+/// `systemd-analyze verify` (`deploy/check`).
 #[test]
 fn the_deployment_files_check_out() {
     let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/check");
     let output = Command::new("bash")
         .arg(check)
+        .env("PORTICO_HOST", env!("CARGO_BIN_EXE_host"))
         .output()
         .expect("run deploy/check");
     assert!(

@@ -50,6 +50,10 @@ mod proxy;
 /// The README's commands, and those of every project `host new` writes,
 /// run as written.
 mod readme;
+/// Plugins pulled from a real OCI registry (docker-registry, pushed with
+/// skopeo): by tag and by digest, from the cache with the registry down,
+/// a tag that moves at reload; hostile registries refused in one line.
+mod registry;
 /// What a plugin is and is not granted: config, stdio, files, sockets.
 mod sandbox;
 /// Several services from a config file, the admin endpoint, reload, the
@@ -57,6 +61,12 @@ mod sandbox;
 mod services;
 /// Bad plugin files and bad flags: one error line, exit status 2.
 mod startup;
+/// Under systemd: socket activation with systemd-socket-activate, one
+/// socket and two named ones, and readiness notification.
+mod systemd;
 /// TLS termination with curl, openssl and rustls clients: SNI, ALPN,
 /// client certificates, reload, failed handshakes.
 mod tls;
+/// Upgrading the binary under load: listeners handed over, no client
+/// refused or reset, the old process drained.
+mod upgrade;

@@ -309,7 +309,10 @@ fn the_readme_s_commands_run_as_written() {
     );
     link(&root.join("plugins"), &checkout.0.join("plugins"));
     let toolchains = std::env::var_os("PORTICO_TOOL_PATH").expect("run by cargo xtask test");
-    link(Path::new(&toolchains).parent().unwrap(), &target.join("toolchains"));
+    link(
+        Path::new(&toolchains).parent().unwrap(),
+        &target.join("toolchains"),
+    );
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(
         sh_lines(&readme).len() > 10,

@@ -73,7 +73,7 @@ pub(crate) fn get(url: &str) -> (u16, String) {
     request(url, |agent, url| agent.get(url).call())
 }
 
-fn post(url: &str) -> (u16, String) {
+pub(crate) fn post(url: &str) -> (u16, String) {
     request(url, |agent, url| agent.post(url).send_empty())
 }
 

@@ -214,6 +214,11 @@ impl Host {
         }
     }
 
+    /// The host's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// The first address service `name` listens on.
     pub fn service(&self, name: &str) -> SocketAddr {
         self.listening
@@ -341,6 +346,12 @@ impl Host {
 
     /// Waits for the host to exit by itself.
     pub fn wait_exit(mut self) -> ExitStatus {
+        self.wait_exit_keeping_log()
+    }
+
+    /// As [`Host::wait_exit`], keeping the host's log readable: what the
+    /// processes it started (an upgrade's) write to it goes on.
+    pub fn wait_exit_keeping_log(&mut self) -> ExitStatus {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

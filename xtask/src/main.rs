@@ -606,6 +606,13 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     // The README's `nc 127.0.0.1 9000` (tests/e2e/readme.rs).
     ("nc", "netcat-openbsd"),
+    // Socket activation (tests/e2e/systemd.rs) and the units' check.
+    ("systemd-socket-activate", "systemd"),
+    ("systemd-analyze", "systemd"),
+    // Plugins from an OCI registry (tests/e2e/registry.rs): the CNCF
+    // distribution server, and skopeo to push to it.
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
 ];
 
 /// Installs the test programs not on PATH: Debian's packages with apt-get,

@@ -55,6 +55,7 @@ impl Document<'_> {
             .map(|path| folder.join(path.get_ref()));
         let log_format = self.log_format(file.log_format.as_ref())?;
         let cache_dir = cache_dir(file.cache.as_ref(), folder);
+        let registry = self.registry(file.registry.as_ref(), folder)?;
         if file.services.is_empty() {
             // Every problem names a line (the `config` fuzz target checks
             // it); for a file with no services, the first stands for all.
@@ -80,6 +81,7 @@ impl Document<'_> {
             services,
             messaging,
             reuse_port: file.reuse_port.unwrap_or(false),
+            registry,
         })
     }
 
@@ -137,7 +139,7 @@ impl Document<'_> {
         };
         Ok(Service {
             name: name.to_owned(),
-            plugin: folder.join(table.plugin.get_ref()),
+            plugin: self.plugin(&table.plugin, &key("plugin"), folder)?,
             listen,
             limits,
             settings: table.settings.clone().unwrap_or_default(),

@@ -185,6 +185,12 @@ pub const TLS_HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting::new(
     crate::net::tls::DEFAULT_HANDSHAKE_TIMEOUT,
     DurationBounds::AnyLength,
 );
+/// One pull from a registry: token, manifest and layer together.
+pub const REGISTRY_TIMEOUT: DurationSetting =
+    DurationSetting::new(Duration::from_secs(30), DurationBounds::LongerThanZero);
+/// In MiB: the largest plugin a registry may send. 4 GiB, a wasm32
+/// memory's size, is more than any plugin needs.
+pub const REGISTRY_MAX_SIZE: CountSetting = CountSetting::new(256, 1, MAX_MEMORY_MIB);
 pub const PROXY_PROTOCOL_TIMEOUT: DurationSetting = DurationSetting::new(
     crate::net::proxy_protocol::DEFAULT_TIMEOUT,
     DurationBounds::LongerThanZero,

@@ -25,6 +25,18 @@ pub(super) struct File {
     pub(super) keyvalue: BTreeMap<String, Spanned<BucketTable>>,
     pub(super) messaging: Option<MessagingTable>,
     pub(super) reuse_port: Option<bool>,
+    pub(super) registry: Option<RegistryTable>,
+}
+
+/// `[registry]`: how plugins named `oci://...` are pulled.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RegistryTable {
+    #[serde(default)]
+    pub(super) insecure: Vec<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) max_size: Option<Spanned<i64>>,
+    pub(super) auth_file: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,7 @@ mod check;
 pub mod defaults;
 mod document;
 mod file;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +31,9 @@ use crate::net::proxy_protocol::ProxySpec;
 use crate::net::tls::TlsSpec;
 
 pub use defaults::{MAX_MEMORY_MIB, default_cache_dir, default_limits};
+pub use registry::{
+    PluginSource, Reference, RegistryOverrides, RegistrySettings, is_sha256, parse_registry_host,
+};
 
 use document::Document;
 use file::File;
@@ -54,6 +58,8 @@ pub struct Config {
     /// Whether listeners let other processes bind the same addresses
     /// (`SO_REUSEPORT`), so that several hosts share them.
     pub reuse_port: bool,
+    /// How plugins named `oci://...` are pulled.
+    pub registry: RegistrySettings,
 }
 
 /// What the operator allows, from the flags or the config file.
@@ -113,7 +119,7 @@ impl Limits {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub name: String,
-    pub plugin: PathBuf,
+    pub plugin: PluginSource,
     pub listen: Vec<SocketAddr>,
     pub limits: Limits,
     /// What the plugin reads through `wasi:config/store`.
@@ -170,6 +176,13 @@ pub struct ProcessOverrides {
     /// `--reuse-port`; without it, the file's `reuse-port` holds.
     pub reuse_port: bool,
     pub drain_timeout: Option<Duration>,
+    /// `--insecure-registry`, `--registry-timeout`, ... (boxed: rarely
+    /// given, and this struct travels by value in `server::Source`).
+    pub registry: Box<RegistryOverrides>,
+    /// The listening sockets systemd passed, by `FileDescriptorName`: a
+    /// service listens on those of its name (the one service, on all of
+    /// them) instead of its `listen` addresses.
+    pub sockets: BTreeMap<String, Vec<SocketAddr>>,
 }
 
 impl ProcessOverrides {
@@ -194,7 +207,31 @@ impl ProcessOverrides {
         if let Some(drain_timeout) = self.drain_timeout {
             config.drain_timeout = drain_timeout;
         }
+        self.registry.apply(&mut config.registry);
+        self.assign_sockets(&mut config)?;
         Ok(config)
+    }
+
+    /// Makes each service listen on the sockets systemd passed for it.
+    fn assign_sockets(&self, config: &mut Config) -> Result<()> {
+        if let [service] = &mut config.services[..] {
+            if !self.sockets.is_empty() {
+                service.listen = self.sockets.values().flatten().copied().collect();
+            }
+            return Ok(());
+        }
+        for (name, addrs) in &self.sockets {
+            let Some(service) = config.services.iter_mut().find(|s| &s.name == name) else {
+                let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "systemd passed a socket named {name:?}, but no service has that name: give \
+                     each socket FileDescriptorName=SERVICE (services: {})",
+                    names.join(", ")
+                );
+            };
+            service.listen = addrs.clone();
+        }
+        Ok(())
     }
 }
 

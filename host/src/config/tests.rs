@@ -20,6 +20,7 @@ fn the_example_file_is_valid() {
     let config = check(include_str!("../../../examples/portico.toml")).unwrap();
     assert_eq!(config.admin, Some("127.0.0.1:9900".parse().unwrap()));
     assert_eq!(config.services.len(), 3);
+    assert_eq!(config.registry, crate::config::RegistrySettings::default());
     let echo = &config.services[0];
     assert_eq!(echo.limits.max_hibernated, 10_000);
     assert_eq!(
@@ -58,7 +59,7 @@ fn services_inherit_defaults_and_override_them() {
     )
     .unwrap();
     let service = &config.services[0];
-    assert_eq!(service.plugin, Path::new("/srv/a.wasm"));
+    assert_eq!(service.plugin.file(), Some(Path::new("/srv/a.wasm")));
     assert_eq!(service.limits.max_connections, 7);
     assert_eq!(service.limits.idle_timeout, Duration::from_secs(20));
     assert_eq!(service.limits.cpu_budget, Duration::from_secs(10));
@@ -155,4 +156,44 @@ fn the_admin_token_file_is_relative_to_the_config_file() {
         config.admin_token_file.as_deref(),
         Some(Path::new("/srv/secrets/admin-token"))
     );
+}
+
+/// A service's plugin may be an `oci://` reference; `[registry]` sets how
+/// it is pulled; a bad reference or key names its line.
+#[test]
+fn plugins_from_a_registry_and_the_registry_table() {
+    let service =
+        "[services.a]\nplugin = \"oci://127.0.0.1:5000/a:v1\"\nlisten = [\"127.0.0.1:1\"]\n";
+    let config = check(&format!(
+        "{service}[registry]\ninsecure = [\"10.0.0.5:5000\"]\ntimeout = \"5s\"\nmax-size = 2\nauth-file = \"auths.json\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.services[0].plugin.display().to_string(),
+        "oci://127.0.0.1:5000/a:v1"
+    );
+    assert_eq!(config.registry.insecure, ["10.0.0.5:5000"]);
+    assert_eq!(config.registry.timeout, Duration::from_secs(5));
+    assert_eq!(config.registry.max_size, 2 << 20);
+    assert_eq!(
+        config.registry.auth_file.as_deref(),
+        Some(Path::new("/srv/auths.json"))
+    );
+    for (text, expected) in [
+        (
+            service.replace(":v1", ""),
+            "portico.toml:2: services.a.plugin: \"oci://127.0.0.1:5000/a\" is not a plugin reference: name a tag",
+        ),
+        (
+            format!("{service}[registry]\ninsecure = [\"oci://x\"]\n"),
+            "portico.toml:5: registry.insecure: \"oci://x\" is not a registry",
+        ),
+        (
+            format!("{service}[registry]\nmax-size = 0\n"),
+            "portico.toml:5: registry.max-size: 0 is out of range (1 to 4096)",
+        ),
+    ] {
+        let error = check(&text).unwrap_err().to_string();
+        assert!(error.starts_with(expected), "{error}");
+    }
 }

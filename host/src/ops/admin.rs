@@ -38,6 +38,9 @@ pub trait Control: Send + Sync + 'static {
     /// Reads the configuration again and applies it: what changed, or the
     /// one-line error that left everything as it was.
     fn reload(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Result<String>> + Send>>;
+    /// Starts the binary again and hands it the listeners: what happened,
+    /// or why this process goes on serving.
+    fn upgrade(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Result<String>> + Send>>;
 }
 
 #[derive(Clone)]
@@ -86,21 +89,21 @@ impl Token {
     }
 }
 
-/// Starts serving the admin endpoint on `addr`; prints `admin on ADDR`.
-/// `token`, if given, is what `POST /reload` must present.
-pub async fn serve(
-    addr: SocketAddr,
+/// Starts serving the admin endpoint on `listener`; prints `admin on
+/// ADDR` and returns the address. `token`, if given, is what `POST
+/// /reload` and `POST /upgrade` must present.
+pub fn serve(
+    listener: std::net::TcpListener,
     control: Arc<dyn Control>,
     metrics: PrometheusHandle,
     token: Option<Token>,
-) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+) -> Result<SocketAddr> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener).context("admin endpoint")?;
     let local = listener
         .local_addr()
         .context("cannot read the bound address")?;
-    println!("admin on {local}");
+    crate::ops::log::announce(format_args!("admin on {local}"));
     tracing::info!(target: "portico_host::admin", %local, "admin endpoint listening");
     let changes = match token {
         Some(token) => Changes::WithToken(Arc::new(token)),
@@ -118,6 +121,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(render))
         .route("/reload", post(reload))
+        .route("/upgrade", post(upgrade))
         .with_state(Admin {
             control,
             metrics,
@@ -128,13 +132,23 @@ pub async fn serve(
             tracing::error!(target: "portico_host::admin", "admin endpoint stopped: {error}");
         }
     });
-    Ok(())
+    Ok(local)
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
     match admin.control.is_ready() {
         true => (StatusCode::OK, "ready\n"),
         false => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+async fn upgrade(State(admin): State<Admin>, headers: HeaderMap) -> axum::response::Response {
+    if let Some(refusal) = admin.changes.refusal(&headers) {
+        return refusal;
+    }
+    match admin.control.upgrade().await {
+        Ok(done) => (StatusCode::OK, format!("{done}\n")).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}\n")).into_response(),
     }
 }
 

@@ -48,6 +48,14 @@ where
     }
 }
 
+/// Prints `line` to stdout, where the host says where it listens. A
+/// stdout nobody reads any more (a closed pipe) is no reason to stop
+/// serving: the line is dropped.
+pub fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 /// An error as one line, for a start-up error's last words or a refused
 /// reload's log line: each cause once (some repeat their source in their
 /// own text, as redis's and async-nats's do), causes that span lines

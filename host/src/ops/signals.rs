@@ -1,9 +1,9 @@
-//! Stopping on SIGINT and SIGTERM, whatever the plugins are doing, and
-//! reloading on SIGHUP.
+//! Stopping on SIGINT and SIGTERM, whatever the plugins are doing;
+//! reloading on SIGHUP, upgrading on SIGUSR2.
 //!
 //! The signals are watched by a thread of their own, not by the async
 //! runtime, so that no amount of plugin work can delay them:
-//! - SIGHUP asks for a reload;
+//! - SIGHUP asks for a reload, SIGUSR2 for an upgrade;
 //! - the first signal asks the server to stop accepting and drain, and
 //!   starts a deadline: if the process is still running the drain timeout
 //!   plus [`DRAIN_MARGIN`] later, it exits with status 1;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, warn};
@@ -65,23 +65,35 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reload requests, one per SIGHUP.
-pub type Reloads = mpsc::UnboundedReceiver<()>;
+/// What a signal asks of the host besides stopping.
+pub enum Request {
+    /// SIGHUP: read the configuration again.
+    Reload,
+    /// SIGUSR2: start the binary again and hand it the listeners.
+    Upgrade,
+}
+
+/// Requests, one per SIGHUP or SIGUSR2.
+pub type Requests = mpsc::UnboundedReceiver<Request>;
 
 /// Starts watching SIGINT, SIGTERM and SIGHUP. `drain_timeout` is how long
 /// the drain that the first stop signal starts may take.
-pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Reloads)> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("cannot watch SIGINT, SIGTERM and SIGHUP")?;
+pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Requests)> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
+        .context("cannot watch SIGINT, SIGTERM, SIGHUP and SIGUSR2")?;
     let (request, requested) = watch::channel(None);
-    let (reload, reloads) = mpsc::unbounded_channel();
+    let (asks, requests) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut first = true;
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    let _ = reload.send(());
+                    let _ = asks.send(Request::Reload);
+                    continue;
+                }
+                if signal == SIGUSR2 {
+                    let _ = asks.send(Request::Upgrade);
                     continue;
                 }
                 let name = if signal == SIGINT {
@@ -100,7 +112,7 @@ pub fn watch(drain_timeout: Arc<DrainTimeout>) -> Result<(Shutdown, Reloads)> {
             }
         })
         .context("cannot start the signal thread")?;
-    Ok((Shutdown { requested }, reloads))
+    Ok((Shutdown { requested }, requests))
 }
 
 /// Exits the process with status 1 if it is still running `deadline` from

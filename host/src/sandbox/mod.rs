@@ -2,7 +2,8 @@
 //! ([`engine`]), the plugin loaded once ([`plugin`]), one store per
 //! connection with its own WASI context and capabilities (`store`, which
 //! lists what a plugin is granted: nothing unless the operator says), and
-//! the call to `run` under the limits.
+//! the call to `run` under the limits. A plugin named `oci://...` is pulled
+//! from its registry first ([`registry`]).
 //!
 //! What a plugin may use is bounded: linear memory (`memory.grow` fails past
 //! the limit), CPU (it yields its thread every [`YIELD_INTERVAL`], and is
@@ -19,6 +20,7 @@ mod engine;
 mod meter;
 pub mod plugin;
 pub mod reclaim;
+pub mod registry;
 pub mod stdio;
 mod store;
 

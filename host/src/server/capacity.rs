@@ -101,7 +101,9 @@ impl Capacity {
         let per_connection = services
             .iter()
             .map(|service| {
-                let bytes = std::fs::read(&service.plugin).unwrap_or_default();
+                let bytes = (service.plugin.file())
+                    .and_then(|path| std::fs::read(path).ok())
+                    .unwrap_or_default();
                 mappings_per_connection(MemoryInit::of(&bytes))
             })
             .max()

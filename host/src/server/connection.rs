@@ -161,29 +161,18 @@ fn log_outcome(
                 error = %Untrusted(&message), "closed"
             )
         }
-        Outcome::Trapped(error) => match served.uncaught_exception {
-            // The traceback is in the log above, at WARN; the wasm
-            // backtrace would show only the language runtime's frames.
-            Some((language, exception)) => {
-                count(&counters.traps);
-                let cause = format!("uncaught {language} exception");
-                warn!(
-                    target: "portico_host::server",
-                    service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
-                    cause = cause.as_str(),
-                    exception = %Untrusted(&exception),
-                    error = %Untrusted(&error.root_cause().to_string()), "closed"
-                )
-            }
-            None => log_trap(
+        Outcome::Trapped(error) => {
+            count(&counters.traps);
+            let bytes = (bytes_in, bytes_out);
+            log_trap(
                 service,
-                counters,
                 id,
                 elapsed_ms,
-                (bytes_in, bytes_out),
+                bytes,
                 &error,
-            ),
-        },
+                served.uncaught_exception,
+            );
+        }
         Outcome::Stopped(reason) => {
             let (counter, why) = stop_counter(counters, reason);
             count(counter);
@@ -202,16 +191,28 @@ fn log_outcome(
     }
 }
 
-/// Logs the `closed` line of a connection whose plugin trapped.
+/// Logs the `closed` line of a connection whose plugin trapped: with the
+/// exception its language runtime reported, if it did (the traceback is
+/// in the log above, at WARN, and the wasm backtrace would show only the
+/// runtime's frames), else with the trap's cause and wasm backtrace.
 fn log_trap(
     service: &str,
-    counters: &Counters,
     id: u64,
     elapsed_ms: u64,
     (bytes_in, bytes_out): (u64, u64),
     error: &wasmtime::Error,
+    uncaught_exception: Option<(&'static str, String)>,
 ) {
-    count(&counters.traps);
+    if let Some((language, exception)) = uncaught_exception {
+        let cause = format!("uncaught {language} exception");
+        return warn!(
+            target: "portico_host::server",
+            service, conn = id, elapsed_ms, bytes_in, bytes_out, outcome = "trap",
+            cause = cause.as_str(),
+            exception = %Untrusted(&exception),
+            error = %Untrusted(&error.root_cause().to_string()), "closed"
+        );
+    }
     let (cause, backtrace) = trap_cause(error);
     warn!(
         target: "portico_host::server",

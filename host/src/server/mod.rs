@@ -38,10 +38,12 @@ mod front_door;
 mod hibernation;
 mod reload;
 pub mod service;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -49,7 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,6 +60,7 @@ use tracing::{info, warn};
 use crate::capabilities::keyvalue::Bucket;
 use crate::capabilities::messaging::Broker;
 use crate::config::{Config, ProcessOverrides};
+use crate::net::inherited;
 use crate::ops::admin;
 use crate::ops::counters::Counters;
 use crate::ops::{metrics, signals};
@@ -73,7 +76,7 @@ pub enum Source {
     Flags,
     /// `host --config-file PATH`: the file, read again on every reload,
     /// and the process-wide flags given beside it, which win over it.
-    File(PathBuf, ProcessOverrides),
+    File(PathBuf, Box<ProcessOverrides>),
 }
 
 /// The running host: its services, their listeners, and what every
@@ -106,6 +109,15 @@ pub struct Host {
     counters: std::sync::Mutex<HashMap<String, Arc<Counters>>>,
     /// The drain timeout in force, which a reload may change.
     drain_timeout: Arc<signals::DrainTimeout>,
+    /// What an upgrade starts in this process's place.
+    successor: upgrade::Successor,
+    /// Held while an upgrade is under way: one at a time.
+    upgrading: Mutex<()>,
+    /// Cancelled once an upgrade's new process listens: this one drains.
+    upgraded: CancellationToken,
+    /// The admin endpoint's address and a copy of its socket, for an
+    /// upgrade to hand over.
+    admin_socket: std::sync::OnceLock<(SocketAddr, OwnedFd)>,
 }
 
 #[derive(Default)]
@@ -120,7 +132,17 @@ struct State {
     listeners: Listeners,
 }
 
-type Listeners = HashMap<ListenKey, watch::Sender<Option<Arc<Version>>>>;
+type Listeners = HashMap<ListenKey, Listening>;
+
+/// A listener with its accept loop running.
+struct Listening {
+    /// The version the accept loop hands connections to (`None` stops it).
+    version: watch::Sender<Option<Arc<Version>>>,
+    /// The address it got, and a copy of its socket, for an upgrade to
+    /// hand over.
+    local: SocketAddr,
+    socket: OwnedFd,
+}
 
 /// What identifies a listener across reloads: its configured address;
 /// and, for port 0 (any free port, so a new one each time), the service.
@@ -139,30 +161,9 @@ fn listen_key(addr: SocketAddr, service: &str) -> ListenKey {
 /// process from [`signals`] with status 1.)
 pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     let drain_timeout = Arc::new(signals::DrainTimeout::new(config.drain_timeout));
-    let (mut shutdown, mut reloads) = signals::watch(drain_timeout.clone())?;
+    let (mut shutdown, mut requests) = signals::watch(drain_timeout.clone())?;
     let capacity = Capacity::of(&config.services);
-    let host = Arc::new(Host {
-        source,
-        cache: config
-            .cache_dir
-            .as_deref()
-            .map(|dir| Arc::new(Cache::new(dir))),
-        ticker: EpochTicker::start()?,
-        broker: Broker::new(&config.messaging).await?,
-        waking: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(1, |cores| cores.get()),
-        )),
-        stop: CancellationToken::new(),
-        accepting: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        next_id: AtomicU64::new(0),
-        ready: AtomicBool::new(false),
-        capacity: capacity.connections,
-        hibernated_capacity: capacity.hibernated,
-        state: Mutex::new(State::default()),
-        counters: Default::default(),
-        drain_timeout,
-    });
+    let host = Host::new(&config, source, drain_timeout, &capacity).await?;
     let admin = match config.admin {
         Some(addr) => {
             let token = match &config.admin_token_file {
@@ -181,20 +182,35 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
         }
     }
     capacity.log();
-    host.ready.store(true, Relaxed);
     if let Some((addr, token, metrics)) = admin {
-        admin::serve(addr, host.clone(), metrics, token).await?;
+        host.serve_admin(addr, token, metrics)?;
     }
+    host.ready.store(true, Relaxed);
+    // Under systemd (Type=notify), the unit is started once every service
+    // listens (after an upgrade, this process is the unit's main one);
+    // elsewhere NOTIFY_SOCKET is unset and this does nothing.
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::MainPid(std::process::id()),
+    ]);
+    inherited::tell_predecessor_ready()?;
 
     tokio::spawn({
         let host = host.clone();
         async move {
-            while reloads.recv().await.is_some() {
-                let _ = host.reload().await;
+            while let Some(request) = requests.recv().await {
+                let _ = match request {
+                    signals::Request::Reload => host.reload().await,
+                    signals::Request::Upgrade => host.upgrade().await,
+                };
             }
         }
     });
-    let name = shutdown.requested().await;
+    let name = tokio::select! {
+        name = shutdown.requested() => name,
+        () = host.upgraded.cancelled() => "upgrade",
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
     host.ready.store(false, Relaxed);
     host.accepting.cancel();
     info!("{name}: stopped accepting");
@@ -205,7 +221,71 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Tells the service manager how the host is, if one listens
+/// (`NOTIFY_SOCKET`); a manager that went away is no reason to stop.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(states) {
+        warn!("cannot notify the service manager (NOTIFY_SOCKET): {error}");
+    }
+}
+
 impl Host {
+    /// The host for `config`, from `source`, before anything listens.
+    async fn new(
+        config: &Config,
+        source: Source,
+        drain_timeout: Arc<signals::DrainTimeout>,
+        capacity: &Capacity,
+    ) -> Result<Arc<Self>> {
+        Ok(Arc::new(Host {
+            source,
+            cache: config
+                .cache_dir
+                .as_deref()
+                .map(|dir| Arc::new(Cache::new(dir))),
+            ticker: EpochTicker::start()?,
+            broker: Broker::new(&config.messaging).await?,
+            waking: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+            )),
+            stop: CancellationToken::new(),
+            accepting: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_id: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            capacity: capacity.connections,
+            hibernated_capacity: capacity.hibernated,
+            state: Mutex::new(State::default()),
+            counters: Default::default(),
+            drain_timeout,
+            successor: upgrade::Successor::of_this_process()?,
+            upgrading: Mutex::new(()),
+            upgraded: CancellationToken::new(),
+            admin_socket: Default::default(),
+        }))
+    }
+
+    /// Serves the admin endpoint on `addr` (the socket inherited for it,
+    /// if any), keeping a copy of its socket for an upgrade to hand over.
+    fn serve_admin(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        token: Option<admin::Token>,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ) -> Result<()> {
+        let listener = match inherited::take(addr) {
+            Some(listener) => listener,
+            None => std::net::TcpListener::bind(addr)
+                .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?,
+        };
+        let copy = listener
+            .try_clone()
+            .context("cannot copy the admin socket")?;
+        let local = admin::serve(listener, self.clone(), metrics, token)?;
+        let _ = self.admin_socket.set((local, copy.into()));
+        Ok(())
+    }
+
     /// Every service's counters, services removed by a reload included.
     pub fn counters(&self) -> Vec<(String, Arc<Counters>)> {
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
@@ -264,5 +344,9 @@ impl admin::Control for Host {
 
     fn reload(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Result<String>> + Send>> {
         Box::pin(async move { Host::reload(&self).await })
+    }
+
+    fn upgrade(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Result<String>> + Send>> {
+        Box::pin(async move { Host::upgrade(&self).await })
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -21,11 +22,12 @@ use tracing::{error, info};
 
 use crate::capabilities::keyvalue::Bucket;
 use crate::config::Config;
-use crate::ops::log::error_line;
+use crate::net::inherited;
+use crate::ops::log::{announce, error_line};
 use crate::ops::metrics;
 use crate::server::accept::accept_loop;
-use crate::server::service::{HostParts, Version};
-use crate::server::{Host, ListenKey, Listeners, Source, listen_key};
+use crate::server::service::{HostParts, NextPlugin, Version, next_plugin};
+use crate::server::{Host, ListenKey, Listeners, Listening, Source, listen_key};
 
 /// The versions a configuration is served by, by service name.
 type Versions = BTreeMap<String, Arc<Version>>;
@@ -132,12 +134,17 @@ impl Host {
         let mut built = Vec::new();
         for spec in &config.services {
             let previous = running.get(&spec.name);
-            if let Some(previous) = previous
-                && previous.serves(spec)
-            {
-                versions.insert(spec.name.clone(), previous.clone());
-                continue;
-            }
+            let next = next_plugin(spec, previous.map(|previous| &**previous), config)
+                .await
+                .map_err(|error| self.in_service(error, &spec.name))?;
+            let plugin = match (next, previous) {
+                (NextPlugin::Build(plugin), _) => plugin,
+                (NextPlugin::Keep, Some(previous)) => {
+                    versions.insert(spec.name.clone(), previous.clone());
+                    continue;
+                }
+                (NextPlugin::Keep, None) => continue,
+            };
             let counters = self
                 .counters()
                 .into_iter()
@@ -145,6 +152,7 @@ impl Host {
                 .unwrap_or_default();
             let version = Version::build(
                 spec,
+                plugin,
                 counters,
                 &parts,
                 previous.map(|previous| &**previous),
@@ -192,14 +200,31 @@ impl Host {
         for (key, listener, version) in bound {
             let local = listener.local_addr().unwrap_or(key.0);
             if shorthand {
-                println!("listening on {local}");
+                announce(format_args!("listening on {local}"));
             } else {
-                println!("listening on {local} for service {}", version.name());
+                announce(format_args!(
+                    "listening on {local} for service {}",
+                    version.name()
+                ));
             }
             info!(target: "portico_host::server", service = version.name(), plugin = %version.spec.plugin.display(), %local, limits = ?version.sandbox.limits, "listening");
             let (sender, receiver) = watch::channel(Some(version));
-            listeners.insert(key, sender);
-            tokio::spawn(accept_loop(self.clone(), listener, receiver));
+            match listener.as_fd().try_clone_to_owned() {
+                Ok(socket) => {
+                    let listening = Listening {
+                        version: sender,
+                        local,
+                        socket,
+                    };
+                    listeners.insert(key, listening);
+                    tokio::spawn(accept_loop(self.clone(), listener, receiver));
+                }
+                // Out of file descriptors: the address stays unserved, and
+                // the next reload tries again.
+                Err(error) => {
+                    error!(target: "portico_host::server", %local, "cannot serve: {error}")
+                }
+            }
         }
     }
 
@@ -276,9 +301,9 @@ fn hand_over(listeners: &mut Listeners, versions: &Versions) -> Vec<SocketAddr> 
         })
         .collect();
     let mut stopped = Vec::new();
-    listeners.retain(|key, sender| match owner.get(key) {
+    listeners.retain(|key, listening| match owner.get(key) {
         Some(version) => {
-            sender.send_if_modified(|current| {
+            listening.version.send_if_modified(|current| {
                 let changed = !current
                     .as_ref()
                     .is_some_and(|current| Arc::ptr_eq(current, version));
@@ -288,7 +313,7 @@ fn hand_over(listeners: &mut Listeners, versions: &Versions) -> Vec<SocketAddr> 
             true
         }
         None => {
-            let _ = sender.send(None);
+            let _ = listening.version.send(None);
             stopped.push(key.0);
             false
         }
@@ -300,9 +325,14 @@ fn hand_over(listeners: &mut Listeners, versions: &Versions) -> Vec<SocketAddr> 
 /// Linux allows by default (`net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
-/// A listener on `addr`; with `reuse_port`, one that other processes may
-/// bind as well, the kernel spreading new connections over them.
+/// A listener on `addr`: the one inherited for it (from systemd, or the
+/// process this one replaced), else a new one; with `reuse_port`, one that
+/// other processes may bind as well, the kernel spreading new connections
+/// over them.
 fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    if let Some(listener) = inherited::take(addr) {
+        return TcpListener::from_std(listener);
+    }
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

@@ -13,18 +13,21 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use wasmtime::Engine;
 
 use crate::capabilities::keyvalue::Granted;
 use crate::capabilities::messaging::{self, Broker};
 use crate::capabilities::outbound::Policy;
-use crate::config;
+use crate::config::{self, Config, PluginSource};
 use crate::net::tls::Tls;
 use crate::ops::counters::Counters;
+use crate::ops::log::error_line;
 use crate::sandbox::MemoryInit;
 use crate::sandbox::cache::Cache;
 use crate::sandbox::plugin::Plugin;
 use crate::sandbox::reclaim::Reclaimer;
+use crate::sandbox::registry::{self, Fetched};
 use crate::sandbox::{self, EpochTicker, Sandbox};
 
 /// One version of a service, ready to serve.
@@ -80,10 +83,11 @@ impl Version {
     /// the cache), checks it by instantiating it once, and sets up its pool.
     /// If `previous` has a pool of the same shape, the new version shares
     /// it (and its places), so that old and new connections together stay
-    /// within `max-connections`. `buckets` are the key-value buckets the
-    /// service is granted.
+    /// within `max-connections`. `plugin` is its plugin as fetched;
+    /// `buckets` are the key-value buckets the service is granted.
     pub async fn build(
         spec: &config::Service,
+        plugin: Fetched,
         counters: Arc<Counters>,
         host: &HostParts<'_>,
         previous: Option<&Version>,
@@ -98,7 +102,7 @@ impl Version {
             ..limits.clone()
         };
         let loading = std::time::Instant::now();
-        let bytes = read_plugin(spec.plugin.clone()).await?;
+        let bytes = plugin.bytes;
         let memory_init = MemoryInit::of(&bytes);
         let shared = previous.filter(|previous| {
             let old = &previous.spec.limits;
@@ -186,10 +190,10 @@ impl Version {
         self.tls.is_some() || self.spec.proxy_protocol.is_some()
     }
 
-    /// Whether `spec` would build this same version: same settings, and a
-    /// plugin file and TLS files with the same content (so that a reload
-    /// picks up renewed certificates).
-    pub fn serves(&self, spec: &config::Service) -> bool {
+    /// Whether `spec` would build this same version: same settings, the
+    /// same plugin (`plugin`, as fetched for `spec`), and TLS files with the
+    /// same content (so that a reload picks up renewed certificates).
+    pub fn serves(&self, spec: &config::Service, plugin: &Fetched) -> bool {
         let same_tls = match (&spec.tls, &self.tls) {
             (Some(files), Some(tls)) => {
                 crate::net::tls::files_digest(files).is_ok_and(|digest| digest == tls.files_digest)
@@ -197,21 +201,62 @@ impl Version {
             (None, None) => true,
             _ => false,
         };
-        self.spec == *spec
-            && same_tls
-            && std::fs::read(&spec.plugin).is_ok_and(|bytes| {
-                crate::sandbox::cache::digest(&bytes) == self.sandbox.plugin.digest
-            })
+        self.spec == *spec && same_tls && plugin.digest() == self.sandbox.plugin.digest
     }
 }
 
-/// Reads the plugin file on a blocking thread: a large file must not hold
-/// an async worker.
-async fn read_plugin(path: PathBuf) -> Result<Vec<u8>> {
-    let bytes = tokio::task::spawn_blocking(move || Plugin::read(&path))
-        .await
-        .context("the reading thread failed")??;
-    Ok(bytes)
+/// What a start or reload does about a service's plugin.
+pub enum NextPlugin {
+    /// Build a version with this plugin.
+    Build(Fetched),
+    /// Keep the version running: it serves this plugin already, or its
+    /// registry cannot be reached.
+    Keep,
+}
+
+/// Reads or pulls `spec`'s plugin, and says whether `previous` serves it
+/// already. A registry that cannot be reached keeps `previous` if the
+/// service is otherwise unchanged, and says why in one line; a tag that
+/// now names another plugin is logged with the old and new digests.
+pub async fn next_plugin(
+    spec: &config::Service,
+    previous: Option<&Version>,
+    config: &Config,
+) -> Result<NextPlugin> {
+    let fetched =
+        registry::fetch(&spec.plugin, &config.registry, config.cache_dir.as_deref()).await;
+    let plugin = match (fetched, previous) {
+        (Ok(plugin), _) => plugin,
+        (Err(error), Some(previous))
+            if previous.spec == *spec && registry::is_unreachable(&error) =>
+        {
+            warn!(
+                target: "portico_host::server",
+                service = spec.name, plugin = %spec.plugin.display(), digest = %previous.sandbox.plugin.digest,
+                "registry unreachable, the plugin in force stays: {}", error_line(&error)
+            );
+            return Ok(NextPlugin::Keep);
+        }
+        (Err(error), _) => return Err(error),
+    };
+    let Some(previous) = previous else {
+        return Ok(NextPlugin::Build(plugin));
+    };
+    if previous.serves(spec, &plugin) {
+        return Ok(NextPlugin::Keep);
+    }
+    let digest = plugin.digest();
+    if matches!(spec.plugin, PluginSource::Registry(_))
+        && previous.spec.plugin == spec.plugin
+        && digest != previous.sandbox.plugin.digest
+    {
+        info!(
+            target: "portico_host::server",
+            service = spec.name, plugin = %spec.plugin.display(), old = %previous.sandbox.plugin.digest, new = %digest,
+            "the tag moved: old digest {}, new digest {digest}", previous.sandbox.plugin.digest
+        );
+    }
+    Ok(NextPlugin::Build(plugin))
 }
 
 /// Compiles the plugin (or loads it from the cache) for `engine`.
@@ -221,7 +266,13 @@ async fn compile(
     bytes: Vec<u8>,
     cache: Option<Arc<Cache>>,
 ) -> Result<Plugin> {
-    let (engine, path, settings) = (engine.clone(), spec.plugin.clone(), spec.settings.clone());
+    // A pulled plugin is named by its reference in errors, and in a
+    // command's first argument.
+    let path = match &spec.plugin {
+        PluginSource::File(path) => path.clone(),
+        PluginSource::Registry(reference) => PathBuf::from(reference.to_string()),
+    };
+    let (engine, settings) = (engine.clone(), spec.settings.clone());
     // Compiling takes seconds for a large plugin: off the workers.
     let plugin = tokio::task::spawn_blocking(move || {
         Plugin::load(&engine, &path, &bytes, &settings, cache.as_deref())
