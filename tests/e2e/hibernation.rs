@@ -47,6 +47,9 @@ fn a_hibernated_connection_gives_its_place_back_and_wakes_on_data() {
         host.metric(r#"portico_hibernated_state_bytes{service="misbehave"}"#),
         100.0
     );
+    // Counted once the connection has given its place back (the gauge
+    // above counts from the plugin's request, a moment before).
+    host.wait_for_metric(r#"portico_hibernations_total{service="misbehave"}"#, 1.0);
 
     let mut other = echo_connection(&host);
     assert!(echoes(&mut other, "served beside a hibernated connection"));

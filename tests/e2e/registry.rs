@@ -7,14 +7,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
 use sha2::Digest;
 
 use crate::services::{Scratch, get, post};
-use crate::util::{Host, Peer, echoes, host_command, plugin, read_line};
+use crate::startup::assert_refused;
+use crate::util::{Host, Peer, echoes, plugin, read_line};
 
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const WASM_LAYER: &str = "application/wasm";
@@ -94,34 +95,6 @@ fn push(dir: &Path, tag: &str, registry: SocketAddr, name: &str) {
         "skopeo: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Runs the host with `args` (and a listen address), which must refuse to
-/// start: exit status 2, nothing on stdout, one `error:` line holding each
-/// of `expected`.
-fn assert_refused(args: &[&str], expected: &[&str]) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = host_command()
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stdout.is_empty(), "{}", String::from_utf8_lossy(&stdout));
-    let lines: Vec<_> = stderr
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .collect();
-    assert_eq!(lines.len(), 1, "one error line, got:\n{stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for part in expected {
-        assert!(lines[0].contains(part), "{part:?} missing from: {stderr}");
-    }
-    stderr
 }
 
 /// The SHA-256 of a plugin file, as logs and metrics show it.

@@ -7,8 +7,11 @@ use crate::util::{Host, host_command, plugin};
 
 /// Runs the host with `args` and expects it to refuse to start: exit
 /// status 2 and exactly one line on stderr, which contains each of
-/// `expected`.
-fn assert_refused(args: &[&std::ffi::OsStr], expected: &[&str]) {
+/// `expected`; returns what it wrote to stderr.
+pub(crate) fn assert_refused<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+    expected: &[&str],
+) -> String {
     let Output {
         status,
         stdout,
@@ -18,8 +21,12 @@ fn assert_refused(args: &[&std::ffi::OsStr], expected: &[&str]) {
         .args(["--listen", "127.0.0.1:0"])
         .output()
         .expect("run the host");
-    let stderr = String::from_utf8_lossy(&stderr);
-    assert_eq!(status.code(), Some(2), "exit status; stderr: {stderr}");
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{args:?}: exit status; stderr: {stderr}"
+    );
     assert!(
         stdout.is_empty(),
         "nothing on stdout: {}",
@@ -39,6 +46,7 @@ fn assert_refused(args: &[&std::ffi::OsStr], expected: &[&str]) {
         assert!(lines[0].contains(part), "{part:?} missing from: {stderr}");
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
 }
 
 fn refuse_plugin(path: &Path, expected: &[&str]) {

@@ -213,6 +213,9 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     notify(&[sd_notify::NotifyState::Stopping]);
     host.ready.store(false, Relaxed);
     host.accepting.cancel();
+    // The copies kept for an upgrade would hold the sockets open: closed,
+    // a new client is refused at once rather than left queued.
+    host.state.lock().await.listeners.clear();
     info!("{name}: stopped accepting");
     host.drain().await;
     for (service, counters) in host.counters() {
