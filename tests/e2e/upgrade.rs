@@ -191,3 +191,44 @@ fn a_failed_upgrade_keeps_the_old_process_serving() {
     ]);
     echo_once(addr).unwrap();
 }
+
+/// A hibernated connection moves to the new process with its state, and
+/// its client, idle across the upgrade, notices nothing: its next line
+/// wakes a fresh instance in the new process, which has the state; one
+/// with a wake timer is woken there by what remains of its timer.
+#[test]
+fn hibernated_connections_move_to_the_new_process() {
+    let scratch = Scratch::new("upgrade-hibernated");
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = scratch.config(&format!(
+        r#"
+        [admin]
+        listen = "{admin}"
+        [services.misbehave]
+        plugin = "{{misbehave}}"
+        listen = ["{addr}"]
+        "#
+    ));
+    let mut host = Host::start_config(&config, &[], 1, true);
+    let hibernated = r#"portico_connections_hibernated{service="misbehave"}"#;
+    let mut sleeper = host.connect();
+    sleeper.write_all(b"hibernate 100\n").unwrap();
+    assert_eq!(read_line(&mut sleeper), "hibernating\n");
+    let mut timed = host.connect();
+    timed.write_all(b"hibernate 7 1500\n").unwrap();
+    assert_eq!(read_line(&mut timed), "hibernating\n");
+    host.wait_for_metric(hibernated, 2.0);
+
+    host.signal(libc::SIGUSR2);
+    let new = upgraded_pid(&host, 1);
+    host.wait_for_lines(&["handed over to the new process"], 2);
+    host.wait_for_lines(&["taken over from the replaced process"], 2);
+    assert!(host.wait_exit_keeping_log().success(), "the old process");
+
+    sleeper.write_all(b"info\n").unwrap();
+    assert_eq!(read_line(&mut sleeper), "woke client-data 100\n");
+    assert!(read_line(&mut sleeper).contains(" 127.0.0.1:"));
+    // Woken by its timer, in the new process: the instance sees why.
+    assert_eq!(read_line(&mut timed), "woke timer 7\n");
+    unsafe { libc::kill(new, libc::SIGTERM) };
+}

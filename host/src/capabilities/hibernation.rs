@@ -53,6 +53,24 @@ pub struct Hibernation {
 }
 
 impl Hibernation {
+    /// A hibernation an upgrade's old process handed over, counted among
+    /// the service's hibernated connections in this one; `None` if `max`
+    /// are already.
+    pub fn handed_over(
+        state: Vec<u8>,
+        wake_after: Option<Duration>,
+        counters: &Arc<Counters>,
+        max: u32,
+    ) -> Option<Self> {
+        let counted = Hibernated::count(counters, state.len(), max)?;
+        Some(Self {
+            state,
+            wake_after,
+            subscriptions: Vec::new(),
+            _counted: counted,
+        })
+    }
+
     /// What the instance that wakes for `reason` is handed.
     pub fn wake(self, reason: WakeReason) -> Woken {
         Woken {

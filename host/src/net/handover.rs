@@ -8,7 +8,7 @@
 //! that arrives during the hand-over waits in the socket's queue for
 //! whichever accepts first: none is refused.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -74,6 +74,55 @@ pub fn receive(stream: &UnixStream) -> Result<Vec<(SocketAddr, OwnedFd)>> {
         bail!("{} addresses for {} listeners", addrs.len(), owned.len());
     }
     Ok(addrs.into_iter().zip(owned).collect())
+}
+
+/// Most bytes one handed-over connection's description may take: its
+/// plugin's state is bounded far below this by `max-hibernation-state`.
+const MAX_CONNECTION_BYTES: usize = 64 << 20;
+
+/// Sends one connection: `description`, and the socket `fd` with it.
+pub fn send_connection(
+    mut stream: &UnixStream,
+    description: &[u8],
+    fd: BorrowedFd<'_>,
+) -> Result<()> {
+    let length = u32::try_from(description.len())
+        .ok()
+        .filter(|&length| length as usize <= MAX_CONNECTION_BYTES)
+        .context("a connection's description is too large to hand over")?;
+    let sent = stream
+        .send_with_fd(&length.to_be_bytes(), &[fd.as_raw_fd()])
+        .context("cannot send a connection to the new process")?;
+    stream.write_all(&length.to_be_bytes()[sent..])?;
+    stream
+        .write_all(description)
+        .context("cannot send a connection to the new process")
+}
+
+/// Receives one connection sent by [`send_connection`]; `None` once the
+/// old process has closed its end.
+pub fn receive_connection(mut stream: &UnixStream) -> Result<Option<(Vec<u8>, OwnedFd)>> {
+    let mut length = [0u8; 4];
+    let mut fds = [0 as RawFd; 1];
+    let (got, count) = stream
+        .recv_with_fd(&mut length, &mut fds)
+        .context("cannot receive a connection from the replaced process")?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if count != 1 {
+        bail!("a handed-over connection came without its socket");
+    }
+    // SAFETY: SCM_RIGHTS gave this process the descriptor, once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    stream.read_exact(&mut length[got..])?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > MAX_CONNECTION_BYTES {
+        bail!("a handed-over connection's description of {length} bytes is too large");
+    }
+    let mut description = vec![0; length];
+    stream.read_exact(&mut description)?;
+    Ok(Some((description, fd)))
 }
 
 /// Tells the old process that the new one listens.

@@ -73,12 +73,14 @@ pub fn from_predecessor() -> Result<()> {
 }
 
 /// Tells the process this one replaced, if any, that this one listens:
-/// it stops accepting and drains.
-pub fn tell_predecessor_ready() -> Result<()> {
-    match PREDECESSOR.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        Some(stream) => handover::say_ready(&stream),
-        None => Ok(()),
+/// it stops accepting, hands over its hibernated connections on the pair
+/// (returned, to read them from), and drains.
+pub fn tell_predecessor_ready() -> Result<Option<UnixStream>> {
+    let stream = PREDECESSOR.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(stream) = &stream {
+        handover::say_ready(stream)?;
     }
+    Ok(stream)
 }
 
 /// Keeps `listener` for whoever binds `addr` first.

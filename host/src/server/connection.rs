@@ -4,14 +4,19 @@
 //! what a connection does once served never touches the accept loop: its
 //! errors stay in its task and its log lines.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{info, warn};
 
+use crate::capabilities::hibernation::Hibernation;
 use crate::net::socket::Socket;
 use crate::ops::counters::{Counters, count};
 use crate::ops::metrics;
@@ -19,7 +24,8 @@ use crate::ops::untrusted::{self, Untrusted};
 use crate::sandbox::bindings::ConnectionInfo;
 use crate::sandbox::{CpuBudget, Outcome, Served, StopReason};
 use crate::server::front_door::Arrival;
-use crate::server::hibernation::{Awake, FirstSlice, hibernate};
+use crate::server::handed::HandedConnection;
+use crate::server::hibernation::{Awake, FirstSlice, Parting, hibernate};
 use crate::server::service::Version;
 
 /// How long, after the host has finished sending, it keeps reading and
@@ -67,46 +73,172 @@ pub(super) async fn serve_connection(
     // each one back for up to 40 ms waiting for the client's ACK.
     let _ = tcp.set_nodelay(true);
 
+    let conn = Conn {
+        id,
+        accepted,
+        socket: Socket::new(tcp, tls, proxied),
+        info: ConnectionInfo {
+            id,
+            peer_address: peer.to_string(),
+            local_address: local.to_string(),
+        },
+        serving,
+    };
+    serve_in_turns(version, conn, Some(place), None).await;
+}
+
+/// A connection, across the instances that serve it in turn.
+struct Conn {
+    id: u64,
+    accepted: Instant,
+    socket: Arc<Socket>,
+    info: ConnectionInfo,
+    /// Which version of its service is in force, as its listener has it.
+    serving: watch::Receiver<Option<Arc<Version>>>,
+}
+
+/// Serves `conn` until it closes: by an instance of `version` in its
+/// `place` first, or, a connection handed over hibernated, by hibernating
+/// first; then by a fresh instance at each wake. Logs its end.
+async fn serve_in_turns(
+    version: Arc<Version>,
+    conn: Conn,
+    mut place: Option<OwnedSemaphorePermit>,
+    mut hibernated: Option<Hibernation>,
+) {
+    let Conn {
+        id,
+        accepted,
+        ref socket,
+        ref info,
+        ref serving,
+    } = conn;
     // Counters are the service's, the same for every version.
     let counters = version.sandbox.counters.clone();
     counters.connection_started();
-    let socket = Socket::new(tcp, tls, proxied);
-    let info = ConnectionInfo {
-        id,
-        peer_address: peer.to_string(),
-        local_address: local.to_string(),
-    };
     let limits = &version.sandbox.limits;
     let mut cpu = CpuBudget::new(limits.cpu_budget, limits.cpu_refill);
     // The version serving now: a woken connection's is the one in force.
-    let (mut current, mut place, mut woken, mut gate) = (version.clone(), place, None, None);
+    let (mut current, mut woken, mut gate) = (version.clone(), None, None);
     let served = loop {
+        if let Some(hibernation) = hibernated.take() {
+            drop(place.take());
+            match hibernate(&current, serving, socket, hibernation, id, accepted).await {
+                Ok(Awake {
+                    version,
+                    place: taken,
+                    gate: pass,
+                    woken: kept,
+                }) => {
+                    (current, place, woken, gate) = (version, Some(taken), Some(kept), Some(pass))
+                }
+                Err(Parting::Stopped(reason)) => break Served::new(Outcome::Stopped(reason)),
+                Err(Parting::HandOver(hibernation)) => {
+                    return hand_over(&current, &conn, hibernation, &counters).await;
+                }
+            }
+        }
         current.reclaimer.connection_started();
         let instance = current
             .sandbox
-            .serve(&info, &socket, accepted, &mut cpu, woken.take());
+            .serve(info, socket, accepted, &mut cpu, woken.take());
         let mut served = FirstSlice::new(instance, gate.take()).await;
         current.reclaimer.connection_ended();
-        let Some(hibernation) = served.hibernation.take() else {
-            break served;
-        };
-        drop(place);
-        match hibernate(&current, &serving, &socket, hibernation, id, accepted).await {
-            Ok(Awake {
-                version,
-                place: taken,
-                gate: pass,
-                woken: kept,
-            }) => (current, place, woken, gate) = (version, taken, Some(kept), Some(pass)),
-            Err(reason) => break Served::new(Outcome::Stopped(reason)),
+        match served.hibernation.take() {
+            Some(hibernation) => hibernated = Some(hibernation),
+            None => break served,
         }
     };
-    close(&socket).await;
+    close(socket).await;
+    let service = version.name();
+    connection_ended(&counters, socket);
+    metrics::connection_ended(service, accepted.elapsed(), served.instantiation);
+    log_outcome(service, &counters, id, accepted, socket, served);
+}
+
+/// Counts a connection's end, and its bytes.
+fn connection_ended(counters: &Counters, socket: &Socket) {
     counters.connection_ended();
     counters.bytes_in.fetch_add(socket.bytes_in(), Relaxed);
     counters.bytes_out.fetch_add(socket.bytes_out(), Relaxed);
-    metrics::connection_ended(service, accepted.elapsed(), served.instantiation);
-    log_outcome(service, &counters, id, accepted, &socket, served);
+}
+
+/// Hands a hibernated connection to an upgrade's new process: its socket
+/// (not closed here: the new process holds it now) and what it keeps. If
+/// that fails, closes it as a drain would.
+async fn hand_over(version: &Version, conn: &Conn, hibernation: Hibernation, counters: &Counters) {
+    let service = version.name();
+    let handed = HandedConnection {
+        service: service.to_string(),
+        conn: conn.id,
+        peer_address: conn.info.peer_address.clone(),
+        local_address: conn.info.local_address.clone(),
+        proxied: conn.socket.proxied(),
+        accepted_ms_ago: conn.accepted.elapsed().as_millis() as u64,
+        wake_after_ms: hibernation.wake_after.map(|after| after.as_millis() as u64),
+        state: BASE64.encode(&hibernation.state),
+    };
+    connection_ended(counters, &conn.socket);
+    match version.handover.ship(&handed, conn.socket.tcp().as_fd()) {
+        Ok(()) => {
+            info!(target: "portico_host::server", service, conn = conn.id, "handed over to the new process")
+        }
+        Err(error) => {
+            close(&conn.socket).await;
+            warn!(target: "portico_host::server", service, conn = conn.id, outcome = "stopped", "closed: cannot hand it over to the new process: {error:#}");
+        }
+    }
+}
+
+/// Holds a connection an upgrade's old process handed over (`handed`, its
+/// `socket`) as hibernated in `version`, as if it had hibernated here; it
+/// goes by `id` in this process.
+pub(super) async fn resume_hibernated(
+    version: Arc<Version>,
+    serving: watch::Receiver<Option<Arc<Version>>>,
+    handed: HandedConnection,
+    socket: OwnedFd,
+    id: u64,
+) {
+    let service = version.name();
+    let taken = BASE64
+        .decode(&handed.state)
+        .map_err(anyhow::Error::from)
+        .and_then(|state| {
+            let tcp = std::net::TcpStream::from(socket);
+            tcp.set_nonblocking(true)?;
+            Ok((state, TcpStream::from_std(tcp)?))
+        });
+    let (state, tcp) = match taken {
+        Ok(taken) => taken,
+        Err(error) => {
+            return warn!(target: "portico_host::server", service, from_conn = handed.conn, "a handed-over connection, closed: {error:#}");
+        }
+    };
+    let limits = &version.sandbox.limits;
+    let wake_after = handed.wake_after_ms.map(Duration::from_millis);
+    let counters = &version.sandbox.counters;
+    let Some(hibernation) =
+        Hibernation::handed_over(state, wake_after, counters, limits.max_hibernated)
+    else {
+        return warn!(target: "portico_host::server", service, from_conn = handed.conn, "a handed-over connection, closed: max-hibernated reached");
+    };
+    info!(target: "portico_host::server", service, conn = id, from_conn = handed.conn, peer = handed.peer_address, "taken over from the replaced process");
+    let now = Instant::now();
+    let conn = Conn {
+        id,
+        accepted: now
+            .checked_sub(Duration::from_millis(handed.accepted_ms_ago))
+            .unwrap_or(now),
+        socket: Socket::new(tcp, None, handed.proxied),
+        info: ConnectionInfo {
+            id,
+            peer_address: handed.peer_address,
+            local_address: handed.local_address,
+        },
+        serving,
+    };
+    serve_in_turns(version, conn, None, Some(hibernation)).await
 }
 
 /// Logs the one `closed` line of a connection, and counts how it ended.

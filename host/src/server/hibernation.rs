@@ -47,9 +47,30 @@ pub(super) struct Awake {
     pub(super) woken: Woken,
 }
 
+/// Why a hibernated connection leaves this process without waking.
+pub(super) enum Parting {
+    /// The host closed it.
+    Stopped(StopReason),
+    /// An upgrade's new process takes it over, with the hibernation (its
+    /// `wake_after` what remains of it).
+    HandOver(Hibernation),
+}
+
+impl From<StopReason> for Parting {
+    fn from(reason: StopReason) -> Self {
+        Parting::Stopped(reason)
+    }
+}
+
+/// What ends a hibernation.
+enum Event {
+    Wake(WakeReason),
+    HandOver,
+}
+
 /// Keeps the connection until something wakes it, then waits for a place
 /// in the version of its service in force (`serving`; the one it ran under
-/// if the service is gone). `Err` says why it was closed instead.
+/// if the service is gone). `Err` says why it leaves instead.
 pub(super) async fn hibernate(
     version: &Arc<Version>,
     serving: &watch::Receiver<Option<Arc<Version>>>,
@@ -57,7 +78,8 @@ pub(super) async fn hibernate(
     mut hibernation: Hibernation,
     conn: u64,
     accepted: Instant,
-) -> Result<Awake, StopReason> {
+) -> Result<Awake, Parting> {
+    let slept = Instant::now();
     let service = version.name();
     count(&version.sandbox.counters.hibernations);
     debug!(
@@ -69,7 +91,14 @@ pub(super) async fn hibernate(
         wake_after_ms = hibernation.wake_after.map(|after| after.as_millis() as u64),
         "hibernated"
     );
-    let reason = wait_for_wake(version, socket, &mut hibernation, accepted).await?;
+    let reason = match wait_for_wake(version, socket, &mut hibernation, accepted).await? {
+        Event::Wake(reason) => reason,
+        Event::HandOver => {
+            let remaining = |after: std::time::Duration| after.saturating_sub(slept.elapsed());
+            hibernation.wake_after = hibernation.wake_after.map(remaining);
+            return Err(Parting::HandOver(hibernation));
+        }
+    };
     let version = serving.borrow().clone().unwrap_or_else(|| version.clone());
     let reason_name = count_wake(&version.sandbox.counters, reason);
     debug!(target: "portico_host::server", service, conn, reason = reason_name, "woke");
@@ -83,18 +112,21 @@ pub(super) async fn hibernate(
     Ok(Awake {
         version,
         place,
-        gate: gate.ok_or(StopReason::Shutdown)?,
+        gate: gate.ok_or(Parting::Stopped(StopReason::Shutdown))?,
         woken: hibernation.wake(reason),
     })
 }
 
-/// What wakes a hibernated connection, or what closes it.
+/// What wakes a hibernated connection, or what closes it. An upgrade's
+/// new process takes over one that holds neither a TLS session nor
+/// subscriptions (neither can move between processes); the others are
+/// woken by the drain that follows, as on SIGTERM.
 async fn wait_for_wake(
     version: &Version,
     socket: &Socket,
     hibernation: &mut Hibernation,
     accepted: Instant,
-) -> Result<WakeReason, StopReason> {
+) -> Result<Event, StopReason> {
     let limits = &version.sandbox.limits;
     let wake_after = hibernation.wake_after;
     let timer = async {
@@ -103,15 +135,17 @@ async fn wait_for_wake(
             None => std::future::pending().await,
         }
     };
+    let movable = socket.tls().is_none() && hibernation.subscriptions.is_empty();
     tokio::select! {
         biased;
-        () = version.sandbox.draining.cancelled() => Ok(WakeReason::Draining),
-        event = socket.client_event() => Ok(match event {
+        () = version.handover.started(), if movable => Ok(Event::HandOver),
+        () = version.sandbox.draining.cancelled() => Ok(Event::Wake(WakeReason::Draining)),
+        event = socket.client_event() => Ok(Event::Wake(match event {
             ClientEvent::Data => WakeReason::ClientData,
             ClientEvent::Closed => WakeReason::ClientClosed,
-        }),
-        () = any_message(&mut hibernation.subscriptions) => Ok(WakeReason::Message),
-        () = timer => Ok(WakeReason::Timer),
+        })),
+        () = any_message(&mut hibernation.subscriptions) => Ok(Event::Wake(WakeReason::Message)),
+        () = timer => Ok(Event::Wake(WakeReason::Timer)),
         () = socket.idle(limits.hibernated_idle_timeout) => Err(StopReason::Idle),
         () = lifetime_ends(limits.lifetime(true), accepted) => Err(StopReason::Lifetime),
     }

@@ -35,6 +35,7 @@ mod admission;
 mod capacity;
 mod connection;
 mod front_door;
+mod handed;
 mod hibernation;
 mod reload;
 pub mod service;
@@ -115,6 +116,8 @@ pub struct Host {
     upgrading: Mutex<()>,
     /// Cancelled once an upgrade's new process listens: this one drains.
     upgraded: CancellationToken,
+    /// Where hibernated connections go in an upgrade.
+    handover: Arc<handed::Handover>,
     /// The admin endpoint's address and a copy of its socket, for an
     /// upgrade to hand over.
     admin_socket: std::sync::OnceLock<(SocketAddr, OwnedFd)>,
@@ -193,7 +196,9 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::MainPid(std::process::id()),
     ]);
-    inherited::tell_predecessor_ready()?;
+    if let Some(predecessor) = inherited::tell_predecessor_ready()? {
+        host.take_over_hibernated(predecessor);
+    }
 
     tokio::spawn({
         let host = host.clone();
@@ -264,6 +269,7 @@ impl Host {
             successor: upgrade::Successor::of_this_process()?,
             upgrading: Mutex::new(()),
             upgraded: CancellationToken::new(),
+            handover: Arc::default(),
             admin_socket: Default::default(),
         }))
     }

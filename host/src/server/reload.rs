@@ -129,6 +129,7 @@ impl Host {
             hibernated_ceiling: u32::try_from(self.hibernated_capacity).unwrap_or(u32::MAX),
             broker: self.broker.clone(),
             waking: self.waking.clone(),
+            handover: self.handover.clone(),
         };
         let mut versions = BTreeMap::new();
         let mut built = Vec::new();

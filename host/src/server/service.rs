@@ -29,6 +29,7 @@ use crate::sandbox::plugin::Plugin;
 use crate::sandbox::reclaim::Reclaimer;
 use crate::sandbox::registry::{self, Fetched};
 use crate::sandbox::{self, EpochTicker, Sandbox};
+use crate::server::handed::Handover;
 
 /// One version of a service, ready to serve.
 pub struct Version {
@@ -57,6 +58,8 @@ pub struct Version {
     pub memory_init: MemoryInit,
     /// The process's wake gate (see [`crate::server::hibernation`]).
     pub waking: Arc<Semaphore>,
+    /// Where its hibernated connections go in an upgrade.
+    pub handover: Arc<Handover>,
 }
 
 /// What every version gets from the host.
@@ -76,6 +79,8 @@ pub struct HostParts<'a> {
     pub broker: Arc<Broker>,
     /// The process's wake gate, shared by every service.
     pub waking: Arc<Semaphore>,
+    /// Where hibernated connections go in an upgrade.
+    pub handover: Arc<Handover>,
 }
 
 impl Version {
@@ -161,6 +166,7 @@ impl Version {
             last_refusal_warning: std::sync::Mutex::new(None),
             memory_init,
             waking: host.waking.clone(),
+            handover: host.handover.clone(),
         })
     }
 

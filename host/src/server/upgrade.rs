@@ -6,19 +6,29 @@
 //! listens on those sockets; once it says so, this one stops accepting and
 //! drains as on SIGTERM. If the new process fails to start, this one keeps
 //! serving, and says why.
+//!
+//! Hibernated connections move too, over the same pair: each sends its
+//! socket and what it keeps (the plugin's state, what remains of its wake
+//! timer, its addresses and age), and the new process carries on holding
+//! it, so that an idle client notices nothing. One with a TLS session or
+//! subscriptions cannot move, and is woken by the drain as on SIGTERM.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tracing::{error, info};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use super::Host;
+use super::handed::HandedConnection;
+use super::service::Version;
 use crate::net::handover;
 
 /// How long the new process may take to listen: its plugins come from the
@@ -95,18 +105,23 @@ impl Host {
             .collect();
         let sent = handover::send(&ours, &borrowed);
         let ready = match sent {
-            Ok(()) => {
-                tokio::task::spawn_blocking(move || handover::wait_ready(&ours, READY_TIMEOUT))
-                    .await
-                    .context("the upgrade's waiting task failed")?
-            }
+            Ok(()) => tokio::task::spawn_blocking(move || {
+                handover::wait_ready(&ours, READY_TIMEOUT).map(|()| ours)
+            })
+            .await
+            .context("the upgrade's waiting task failed")?,
             Err(error) => Err(error),
         };
-        if let Err(error) = ready {
-            stop(&mut child);
-            return Err(error.context(format!("the new process (pid {pid})")));
+        match ready {
+            Ok(ours) => {
+                self.handover.begin(ours);
+                Ok(pid)
+            }
+            Err(error) => {
+                stop(&mut child);
+                Err(error.context(format!("the new process (pid {pid})")))
+            }
         }
-        Ok(pid)
     }
 
     /// Every listening socket this process serves, a copy each: the
@@ -124,6 +139,75 @@ impl Host {
             sockets.push((*addr, socket));
         }
         sockets
+    }
+}
+
+impl Host {
+    /// Reads the hibernated connections the process this one replaced
+    /// hands over on `from`, until it closes its end, and holds each as
+    /// its own are held.
+    pub(super) fn take_over_hibernated(self: &Arc<Self>, from: UnixStream) {
+        let (host, runtime) = (self.clone(), tokio::runtime::Handle::current());
+        let reading = std::thread::Builder::new()
+            .name("handover".into())
+            .spawn(move || {
+                loop {
+                    match handover::receive_connection(&from) {
+                        Ok(Some((description, socket))) => {
+                            let resuming = host.clone();
+                            let resumed =
+                                async move { resuming.resume(&description, socket).await };
+                            runtime.spawn(host.tracker.track_future(resumed));
+                        }
+                        Ok(None) => return,
+                        Err(error) => {
+                            return error!(target: "portico_host::server", "upgrade: {error:#}");
+                        }
+                    }
+                }
+            });
+        if let Err(error) = reading {
+            error!(target: "portico_host::server", "upgrade: cannot read handed-over connections: {error}");
+        }
+    }
+
+    /// Holds one handed-over connection, hibernated, in the version of its
+    /// service in force; closes it if the service is gone.
+    async fn resume(self: &Arc<Self>, description: &[u8], socket: OwnedFd) {
+        let handed: HandedConnection = match serde_json::from_slice(description) {
+            Ok(handed) => handed,
+            Err(error) => {
+                return error!(target: "portico_host::server", "upgrade: a handed-over connection: {error}");
+            }
+        };
+        let Some((version, serving)) = self.serving(&handed.service).await else {
+            return warn!(target: "portico_host::server", service = handed.service, "upgrade: a handed-over connection's service is gone: closed");
+        };
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        super::connection::resume_hibernated(version, serving, handed, socket, id).await;
+    }
+
+    /// The version of service `name` in force, and the channel that says
+    /// which version is (as its listeners' accept loops have it).
+    async fn serving(
+        &self,
+        name: &str,
+    ) -> Option<(Arc<Version>, watch::Receiver<Option<Arc<Version>>>)> {
+        let state = self.state.lock().await;
+        let version = state.versions.get(name)?.clone();
+        let serving = state
+            .listeners
+            .values()
+            .find(|listening| {
+                listening
+                    .version
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|serving| serving.name() == name)
+            })
+            .map(|listening| listening.version.subscribe())
+            .unwrap_or_else(|| watch::channel(Some(version.clone())).1);
+        Some((version, serving))
     }
 }
 
