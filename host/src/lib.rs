@@ -12,8 +12,9 @@
 //!   languages, carrying the contract and the SDKs in the binary.
 //! - [`server`]: the listeners and accept loops, the front door, admission
 //!   control, one task per connection (and its hibernation between
-//!   instances), reload, graceful drain, and one version of each service
-//!   ([`server::service`]).
+//!   instances), reload, graceful drain, upgrades of the binary that hand
+//!   the listeners and hibernated connections to the new process, and one
+//!   version of each service ([`server::service`]).
 //! - [`sandbox`]: the engine and its instance pool, the plugin loaded once
 //!   ([`sandbox::plugin`], with its compile [`sandbox::cache`], read from
 //!   its file or pulled from an OCI registry by [`sandbox::registry`]), and per
@@ -27,7 +28,8 @@
 //!   hibernation, its settings. Each owns its per-connection state and links its own
 //!   imports; only the sandbox's store knows them all.
 //! - [`net`]: the client's socket as the streams `run` borrows, the PROXY
-//!   protocol header, TLS.
+//!   protocol header, TLS; listening sockets inherited from systemd or from
+//!   the process an upgrade replaces, and how they are handed over.
 //! - [`ops`]: what operators see: the admin endpoint and metrics (steering
 //!   the server through a trait it implements), counters, signals, the
 //!   log's line format, and plugin text escaped for the log.

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Instant;
 
+use base64::Engine as _;
 use sha2::Digest;
 
 use crate::services::{Scratch, get, post};
@@ -27,18 +28,29 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// A docker-registry serving from `dir`, killed when dropped.
 fn registry(dir: &Path) -> Peer {
+    registry_with(dir, "")
+}
+
+/// A docker-registry serving from `dir`, with `more` in its config.
+fn registry_with(dir: &Path, more: &str) -> Peer {
     let root = dir.join("registry");
     let config = dir.join("registry.yml");
     Peer::start("docker-registry", |port| {
         let yaml = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+             http:\n  addr: 127.0.0.1:{port}\n{more}",
             root.display()
         );
         std::fs::write(&config, yaml).unwrap();
         vec!["serve".into(), config.display().to_string()]
     })
 }
+
+/// The user the authenticating registry knows, its password, and the
+/// password's bcrypt hash as an htpasswd file holds it.
+const USER: &str = "portico";
+const PASSWORD: &str = "s3cret";
+const PASSWORD_HASH: &str = "$2b$05$abcdefghijklmnopqrstuuLK7U1u6pVRmL7L1BBM2aS35PSZnDXlK";
 
 /// An OCI image layout in `dir` holding one manifest, tagged `tag`, with
 /// this config and these layers (media type, bytes); returns the
@@ -84,8 +96,17 @@ fn push_wasm(registry: SocketAddr, scratch: &Path, name: &str, wasm: &[u8]) -> S
 }
 
 fn push(dir: &Path, tag: &str, registry: SocketAddr, name: &str) {
-    let output = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+    push_as(dir, tag, registry, name, None)
+}
+
+/// [`push`], logged in as `credentials` (`USER:PASSWORD`) if given.
+fn push_as(dir: &Path, tag: &str, registry: SocketAddr, name: &str, credentials: Option<&str>) {
+    let mut skopeo = Command::new("skopeo");
+    skopeo.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+    if let Some(credentials) = credentials {
+        skopeo.arg(format!("--dest-creds={credentials}"));
+    }
+    let output = skopeo
         .arg(format!("oci:{}:{tag}", dir.display()))
         .arg(format!("docker://{registry}/{name}"))
         .output()
@@ -95,6 +116,53 @@ fn push(dir: &Path, tag: &str, registry: SocketAddr, name: &str) {
         "skopeo: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A registry that asks for basic auth: a pull without credentials is
+/// refused in one line that says so; with them, in Docker's config format
+/// (`--registry-auth-file`), the plugin is pulled and served.
+#[test]
+fn basic_auth_credentials_come_from_the_auth_file() {
+    let scratch = Scratch::new("registry-auth");
+    let htpasswd = scratch.0.join("htpasswd");
+    std::fs::write(&htpasswd, format!("{USER}:{PASSWORD_HASH}\n")).unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: portico\n    path: {}\n",
+        htpasswd.display()
+    );
+    let registry = registry_with(&scratch.0, &auth);
+    let echo = std::fs::read(plugin("echo")).unwrap();
+    let dir = scratch.0.join("layout");
+    layout(&dir, "v1", (WASM_CONFIG, b"{}"), &[(WASM_LAYER, &echo)]);
+    let credentials = format!("{USER}:{PASSWORD}");
+    push_as(
+        &dir,
+        "v1",
+        registry.addr,
+        "plugins/echo:v1",
+        Some(&credentials),
+    );
+    let reference = format!("oci://{}/plugins/echo:v1", registry.addr);
+    let cache = scratch.0.join("cache").display().to_string();
+
+    assert_refused(
+        &["--plugin", &reference, "--cache-dir", &cache],
+        &[&reference, "not authorized", "--registry-auth-file"],
+    );
+    let auth_file = scratch.0.join("auth.json");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
+    let auths = serde_json::json!({"auths": {registry.addr.to_string(): {"auth": encoded}}});
+    std::fs::write(&auth_file, auths.to_string()).unwrap();
+    let host = Host::start_file(
+        Path::new(&reference),
+        &[
+            "--cache-dir",
+            &cache,
+            "--registry-auth-file",
+            auth_file.to_str().unwrap(),
+        ],
+    );
+    assert!(echoes(&mut host.connect(), "pulled with credentials"));
 }
 
 /// The SHA-256 of a plugin file, as logs and metrics show it.

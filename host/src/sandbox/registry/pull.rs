@@ -253,6 +253,12 @@ fn explain(
             ))
             .into()
         }
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => anyhow!(
+            "the registry {registry} refused the pull: not authorized ({error}); give its \
+             credentials with --registry-auth-file (or [registry] auth-file), a file in \
+             Docker's config.json format"
+        ),
         OciDistributionError::ServerError { code, .. } if code >= 500 => {
             Unreachable(format!("the registry {registry} is failing: {error}")).into()
         }
