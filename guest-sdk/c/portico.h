@@ -15,6 +15,10 @@
  *   wasm-tools component new core.wasm \
  *       --adapt wasi_snapshot_preview1.reactor.wasm -o plugin.wasm
  *
+ * `host new --lang c NAME` writes a project with all of it (the bindings,
+ * this SDK, the adapter of the host's wasmtime and a build.sh running these
+ * two commands), which builds outside this repository.
+ *
  * Anything else in the contract (key-value, pubsub, outbound sockets) is
  * in handler.h, called with `conn->input` and `conn->output` as the
  * bindings' stream handles.
