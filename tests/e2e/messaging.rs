@@ -8,7 +8,10 @@ use crate::util::{Host, Peer, TIMEOUT, read_line};
 
 /// The chat plugin's shipped config, with its plugin path made absolute,
 /// its port left to the system, and `edit` applied.
-fn chat_config(scratch: &Scratch, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+pub(crate) fn chat_config(
+    scratch: &Scratch,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/chat/portico.toml");
     let text = std::fs::read_to_string(shipped)
         .unwrap()
@@ -53,7 +56,7 @@ fn line_within(conn: &mut TcpStream, wait: Duration) -> Option<String> {
 }
 
 /// A chat client: connected, greeted, and in `room`.
-fn member(host: &Host, nick: &str, room: &str) -> TcpStream {
+pub(crate) fn member(host: &Host, nick: &str, room: &str) -> TcpStream {
     let mut conn = TcpStream::connect(host.service("chat")).unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     assert!(read_line(&mut conn).starts_with("welcome"));

@@ -232,3 +232,33 @@ fn hibernated_connections_move_to_the_new_process() {
     assert_eq!(read_line(&mut timed), "woke timer 7\n");
     unsafe { libc::kill(new, libc::SIGTERM) };
 }
+
+/// Chat members hibernated with their room's subscription move too: after
+/// the upgrade, a line one says in the new process reaches the other,
+/// whose subscription was made again there.
+#[test]
+fn hibernated_subscribers_move_with_their_subscriptions() {
+    let scratch = Scratch::new("upgrade-chat");
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = crate::messaging::chat_config(&scratch, |text| {
+        let text = text.replace("127.0.0.1:0", &addr.to_string());
+        format!("[admin]\nlisten = \"{admin}\"\n{text}")
+    });
+    let mut host = Host::start_config(&config, &[], 1, true);
+    let mut alice = crate::messaging::member(&host, "alice", "lobby");
+    let mut bob = crate::messaging::member(&host, "bob", "lobby");
+    assert_eq!(read_line(&mut alice), "* bob joined\n");
+    host.wait_for_metric(r#"portico_connections_hibernated{service="chat"}"#, 2.0);
+
+    host.signal(libc::SIGUSR2);
+    let new = upgraded_pid(&host, 1);
+    host.wait_for_lines(&["handed over to the new process"], 2);
+    host.wait_for_lines(&["taken over from the replaced process"], 2);
+    assert!(host.wait_exit_keeping_log().success(), "the old process");
+
+    writeln!(alice, "hello from the new process").unwrap();
+    assert_eq!(read_line(&mut bob), "alice: hello from the new process\n");
+    writeln!(bob, "and back").unwrap();
+    assert_eq!(read_line(&mut alice), "bob: and back\n");
+    unsafe { libc::kill(new, libc::SIGTERM) };
+}

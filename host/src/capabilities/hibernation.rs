@@ -59,6 +59,7 @@ impl Hibernation {
     pub fn handed_over(
         state: Vec<u8>,
         wake_after: Option<Duration>,
+        subscriptions: Vec<Subscription>,
         counters: &Arc<Counters>,
         max: u32,
     ) -> Option<Self> {
@@ -66,7 +67,7 @@ impl Hibernation {
         Some(Self {
             state,
             wake_after,
-            subscriptions: Vec::new(),
+            subscriptions,
             _counted: counted,
         })
     }

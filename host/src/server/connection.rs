@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{info, warn};
 
 use crate::capabilities::hibernation::Hibernation;
+use crate::capabilities::messaging::Subscription;
 use crate::net::socket::Socket;
 use crate::ops::counters::{Counters, count};
 use crate::ops::metrics;
@@ -24,7 +25,7 @@ use crate::ops::untrusted::{self, Untrusted};
 use crate::sandbox::bindings::ConnectionInfo;
 use crate::sandbox::{CpuBudget, Outcome, Served, StopReason};
 use crate::server::front_door::Arrival;
-use crate::server::handed::HandedConnection;
+use crate::server::handed::{HandedConnection, HandedSubscription};
 use crate::server::hibernation::{Awake, FirstSlice, Parting, hibernate};
 use crate::server::service::Version;
 
@@ -177,6 +178,18 @@ async fn hand_over(version: &Version, conn: &Conn, hibernation: Hibernation, cou
         accepted_ms_ago: conn.accepted.elapsed().as_millis() as u64,
         wake_after_ms: hibernation.wake_after.map(|after| after.as_millis() as u64),
         state: BASE64.encode(&hibernation.state),
+        subscriptions: hibernation
+            .subscriptions
+            .iter()
+            .map(|subscription| HandedSubscription {
+                topic: subscription.topic().to_string(),
+                waiting: subscription
+                    .take_waiting()
+                    .iter()
+                    .map(|payload| BASE64.encode(payload))
+                    .collect(),
+            })
+            .collect(),
     };
     connection_ended(counters, &conn.socket);
     match version.handover.ship(&handed, conn.socket.tcp().as_fd()) {
@@ -218,9 +231,14 @@ pub(super) async fn resume_hibernated(
     let limits = &version.sandbox.limits;
     let wake_after = handed.wake_after_ms.map(Duration::from_millis);
     let counters = &version.sandbox.counters;
-    let Some(hibernation) =
-        Hibernation::handed_over(state, wake_after, counters, limits.max_hibernated)
-    else {
+    let subscriptions = resubscribe(&version, &handed.subscriptions).await;
+    let Some(hibernation) = Hibernation::handed_over(
+        state,
+        wake_after,
+        subscriptions,
+        counters,
+        limits.max_hibernated,
+    ) else {
         return warn!(target: "portico_host::server", service, from_conn = handed.conn, "a handed-over connection, closed: max-hibernated reached");
     };
     info!(target: "portico_host::server", service, conn = id, from_conn = handed.conn, peer = handed.peer_address, "taken over from the replaced process");
@@ -416,4 +434,29 @@ async fn close(socket: &Socket) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIMEOUT, discard).await;
+}
+
+/// A handed-over connection's subscriptions, made again in this process
+/// with the messages that waited on them; one its service's grant no
+/// longer allows is dropped.
+async fn resubscribe(version: &Version, handed: &[HandedSubscription]) -> Vec<Subscription> {
+    let Some(grant) = &version.sandbox.messaging else {
+        return Vec::new();
+    };
+    let mut subscriptions = Vec::new();
+    for subscription in handed {
+        let waiting = subscription
+            .waiting
+            .iter()
+            .filter_map(|payload| BASE64.decode(payload).ok())
+            .collect();
+        let counters = version.sandbox.counters.clone();
+        if let Some(made) = grant
+            .resubscribe(&subscription.topic, waiting, counters)
+            .await
+        {
+            subscriptions.push(made);
+        }
+    }
+    subscriptions
 }

@@ -55,4 +55,14 @@ pub struct HandedConnection {
     pub wake_after_ms: Option<u64>,
     /// The plugin's state, base64.
     pub state: String,
+    /// Its subscriptions, oldest first.
+    pub subscriptions: Vec<HandedSubscription>,
+}
+
+/// A hibernated connection's subscription, as handed over.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct HandedSubscription {
+    pub topic: String,
+    /// The messages waiting on it, oldest first, base64.
+    pub waiting: Vec<String>,
 }

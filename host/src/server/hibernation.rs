@@ -118,9 +118,9 @@ pub(super) async fn hibernate(
 }
 
 /// What wakes a hibernated connection, or what closes it. An upgrade's
-/// new process takes over one that holds neither a TLS session nor
-/// subscriptions (neither can move between processes); the others are
-/// woken by the drain that follows, as on SIGTERM.
+/// new process takes over one without a TLS session (its keys cannot move
+/// between processes); those are woken by the drain that follows, as on
+/// SIGTERM.
 async fn wait_for_wake(
     version: &Version,
     socket: &Socket,
@@ -135,7 +135,7 @@ async fn wait_for_wake(
             None => std::future::pending().await,
         }
     };
-    let movable = socket.tls().is_none() && hibernation.subscriptions.is_empty();
+    let movable = socket.tls().is_none();
     tokio::select! {
         biased;
         () = version.handover.started(), if movable => Ok(Event::HandOver),

@@ -9,9 +9,11 @@
 //!
 //! Hibernated connections move too, over the same pair: each sends its
 //! socket and what it keeps (the plugin's state, what remains of its wake
-//! timer, its addresses and age), and the new process carries on holding
-//! it, so that an idle client notices nothing. One with a TLS session or
-//! subscriptions cannot move, and is woken by the drain as on SIGTERM.
+//! timer, its subscriptions and the messages waiting on them, its addresses
+//! and age), and the new process holds it hibernated, its subscriptions
+//! made again there, so that an idle client notices nothing. One with a
+//! TLS session cannot move (its keys live in this process's memory), and
+//! is woken by the drain as on SIGTERM.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -245,7 +245,7 @@ impl Queue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, message: Arc<Message>) {
+    pub(super) fn push(&self, message: Arc<Message>) {
         let mut state = self.state();
         if state.bytes + queued_size(&message) > QUEUE_BYTES {
             state.dropped += 1;
@@ -275,6 +275,20 @@ fn queued_size(message: &Message) -> usize {
 
 /// A plugin's subscription: the resource behind `pubsub.subscription`.
 pub struct Subscription(pub(super) Arc<Queue>);
+
+impl Subscription {
+    /// The topic it receives.
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+
+    /// Takes the messages waiting, oldest first: their payloads.
+    pub fn take_waiting(&self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.0.pop())
+            .map(|message| message.payload.clone())
+            .collect()
+    }
+}
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Subscription {

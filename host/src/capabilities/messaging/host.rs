@@ -7,7 +7,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, subscribe};
 
 use super::bindings::portico::plugin::pubsub::{self, Error, Message};
-use super::{Broker, Grant, MAX_PAYLOAD, MAX_SUBSCRIPTIONS, Subscription, topic_words};
+use super::{Broker, Grant, MAX_PAYLOAD, MAX_SUBSCRIPTIONS, Subscription};
 use crate::capabilities::denials::{Denials, Logged, TARGET};
 use crate::ops::counters::count;
 
@@ -55,12 +55,7 @@ impl MessagingCtx {
     /// The broker, if `topic` is a topic the service is granted.
     fn granted(&self, topic: &str) -> Option<&Arc<Broker>> {
         let grant = self.grant.as_ref()?;
-        let words = topic_words(topic)?;
-        grant
-            .patterns
-            .iter()
-            .any(|pattern| pattern.matches(&words))
-            .then_some(&grant.broker)
+        grant.allows(topic).then_some(&grant.broker)
     }
 
     /// Records that the plugin reached a limit.

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use crate::ops::counters::Counters;
+
 mod broker;
 mod earlier;
 mod host;
@@ -124,6 +126,38 @@ pub enum Backend {
 pub struct Grant {
     pub broker: Arc<Broker>,
     pub patterns: Vec<Pattern>,
+}
+
+impl Grant {
+    /// Whether the grant lets a connection use `topic`.
+    fn allows(&self, topic: &str) -> bool {
+        topic_words(topic)
+            .is_some_and(|words| self.patterns.iter().any(|pattern| pattern.matches(&words)))
+    }
+
+    /// The subscription to `topic` of a connection an upgrade handed over,
+    /// made again in this process, with the messages that waited on its
+    /// old one (`waiting`, oldest first); `None` if the grant no longer
+    /// allows the topic, or the broker cannot subscribe.
+    pub async fn resubscribe(
+        &self,
+        topic: &str,
+        waiting: Vec<Vec<u8>>,
+        counters: Arc<Counters>,
+    ) -> Option<Subscription> {
+        if !self.allows(topic) {
+            return None;
+        }
+        let queue = self.broker.subscribe(topic, counters).await.ok()?;
+        for payload in waiting {
+            let topic = topic.to_string();
+            queue.push(Arc::new(bindings::portico::plugin::pubsub::Message {
+                topic,
+                payload,
+            }));
+        }
+        Some(Subscription(queue))
+    }
 }
 
 #[cfg(test)]
