@@ -92,6 +92,14 @@ impl Activator {
     }
 }
 
+impl Drop for Activator {
+    /// A test that fails midway leaves no host behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();

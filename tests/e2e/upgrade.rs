@@ -82,6 +82,16 @@ fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A process an upgrade started, killed when dropped: a test that fails
+/// midway leaves no host behind.
+struct Started(i32);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 /// The pid in the `upgraded` log line that follows the `count`th one.
 fn upgraded_pid(host: &Host, count: usize) -> i32 {
     let lines = host.wait_for_lines(&["upgraded: the new process listens"], count);
@@ -138,6 +148,7 @@ fn upgrades_drop_no_one() {
     let (status, body) = post(&format!("http://{admin}/upgrade"));
     assert_eq!(status, 200, "{body}");
     let third = upgraded_pid(&host, 2);
+    let _third = Started(third);
     assert!(third != second && is_running(third), "{third}");
     let deadline = Instant::now() + TIMEOUT;
     while is_running(second) {
@@ -147,7 +158,6 @@ fn upgrades_drop_no_one() {
     std::thread::sleep(Duration::from_millis(300));
 
     let (failures, slowest_ms, done) = load.stop();
-    unsafe { libc::kill(third, libc::SIGTERM) };
     assert!(
         failures.is_empty(),
         "{} failed: {:?}",
@@ -220,7 +230,7 @@ fn hibernated_connections_move_to_the_new_process() {
     host.wait_for_metric(hibernated, 2.0);
 
     host.signal(libc::SIGUSR2);
-    let new = upgraded_pid(&host, 1);
+    let _new = Started(upgraded_pid(&host, 1));
     host.wait_for_lines(&["handed over to the new process"], 2);
     host.wait_for_lines(&["taken over from the replaced process"], 2);
     assert!(host.wait_exit_keeping_log().success(), "the old process");
@@ -230,7 +240,6 @@ fn hibernated_connections_move_to_the_new_process() {
     assert!(read_line(&mut sleeper).contains(" 127.0.0.1:"));
     // Woken by its timer, in the new process: the instance sees why.
     assert_eq!(read_line(&mut timed), "woke timer 7\n");
-    unsafe { libc::kill(new, libc::SIGTERM) };
 }
 
 /// Chat members hibernated with their room's subscription move too: after
@@ -251,7 +260,7 @@ fn hibernated_subscribers_move_with_their_subscriptions() {
     host.wait_for_metric(r#"portico_connections_hibernated{service="chat"}"#, 2.0);
 
     host.signal(libc::SIGUSR2);
-    let new = upgraded_pid(&host, 1);
+    let _new = Started(upgraded_pid(&host, 1));
     host.wait_for_lines(&["handed over to the new process"], 2);
     host.wait_for_lines(&["taken over from the replaced process"], 2);
     assert!(host.wait_exit_keeping_log().success(), "the old process");
@@ -260,5 +269,4 @@ fn hibernated_subscribers_move_with_their_subscriptions() {
     assert_eq!(read_line(&mut bob), "alice: hello from the new process\n");
     writeln!(bob, "and back").unwrap();
     assert_eq!(read_line(&mut alice), "bob: and back\n");
-    unsafe { libc::kill(new, libc::SIGTERM) };
 }
