@@ -270,3 +270,25 @@ fn hibernated_subscribers_move_with_their_subscriptions() {
     writeln!(bob, "and back").unwrap();
     assert_eq!(read_line(&mut alice), "bob: and back\n");
 }
+
+/// A service on port 0 gets a port of its own in the new process; the old
+/// port, handed over and taken by nothing, is closed there, so a client of
+/// it is refused at once rather than left queued.
+#[test]
+fn a_handed_over_socket_no_service_takes_is_closed() {
+    let scratch = Scratch::new("upgrade-port-0");
+    let config = scratch.config(
+        r#"
+        [services.echo]
+        plugin = "{echo}"
+        listen = ["127.0.0.1:0"]
+        "#,
+    );
+    let mut host = Host::start_config(&config, &[], 1, false);
+    let old = host.addr;
+    host.signal(libc::SIGUSR2);
+    let _new = Started(upgraded_pid(&host, 1));
+    host.wait_for_log(&["served by no service: closed", &old.to_string()]);
+    assert!(host.wait_exit_keeping_log().success(), "the old process");
+    assert!(TcpStream::connect(old).is_err(), "{old} still accepts");
+}

@@ -96,6 +96,16 @@ pub fn take(addr: SocketAddr) -> Option<TcpListener> {
     Some(inherited.swap_remove(at).listener)
 }
 
+/// Closes the inherited sockets nothing took, and returns their
+/// addresses. Once the host listens, nothing will: one kept open would
+/// queue its clients unanswered (an upgrade hands over a port-0 listener
+/// that the new process replaces with a port of its own), where closed it
+/// refuses them at once.
+pub fn close_untaken() -> Vec<SocketAddr> {
+    let mut inherited = INHERITED.lock().unwrap_or_else(|p| p.into_inner());
+    inherited.drain(..).map(|socket| socket.addr).collect()
+}
+
 /// `fd` as a listener, if it is a listening TCP socket; made non-blocking
 /// and closed on exec (an upgrade passes sockets explicitly).
 fn listener(fd: OwnedFd) -> Result<TcpListener> {
@@ -126,5 +136,10 @@ mod tests {
         add(addr, listener);
         assert!(take(addr).is_some());
         assert!(take(addr).is_none());
+        let untaken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let untaken_addr = untaken.local_addr().unwrap();
+        add(untaken_addr, untaken);
+        assert_eq!(close_untaken(), [untaken_addr]);
+        assert!(std::net::TcpStream::connect(untaken_addr).is_err());
     }
 }

@@ -188,6 +188,9 @@ pub async fn run(config: Config, source: Source) -> Result<ExitCode> {
     if let Some((addr, token, metrics)) = admin {
         host.serve_admin(addr, token, metrics)?;
     }
+    for addr in inherited::close_untaken() {
+        warn!(%addr, "a socket passed to this process is served by no service: closed");
+    }
     host.ready.store(true, Relaxed);
     // Under systemd (Type=notify), the unit is started once every service
     // listens (after an upgrade, this process is the unit's main one);
